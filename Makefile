@@ -1,0 +1,54 @@
+# `make run`: set up everything on a fresh Debian 12 machine, then start the service.
+# `make test`: the same set-up, then lint, type checks, import contracts and the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test check lint typecheck contracts pytest system-deps venv bench clean
+
+run: system-deps venv
+	$(VENV)/bin/triage up
+
+test: system-deps venv check pytest
+
+# Debian packages the service and its tests use as real peers; installed only when missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[worker,dev]'
+	touch $@
+
+check: lint typecheck contracts
+
+lint: venv
+	$(VENV)/bin/ruff check triage workers models tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+contracts: venv
+	$(VENV)/bin/lint-imports
+
+pytest: venv
+	TRIAGE_TEST_POSTGRES_URL="$$(deploy/dev/test-postgres.sh)" $(PY) -m pytest
+
+bench: system-deps venv
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Detectors, synthetic CT phantoms and their training/evaluation code (no service imports)."""

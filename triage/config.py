@@ -1,0 +1,268 @@
+"""Typed settings of every triage process (env prefix ``TRIAGE_``, optional TOML file).
+
+Precedence is CLI > environment > TOML file > default.  :func:`load_settings` is called once
+per process by the composition root and the result is passed down; nothing reads the
+environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from triage.errors import ConfigError
+
+ENV_PREFIX = "TRIAGE_"
+CONFIG_FILE_ENV = "TRIAGE_CONFIG_FILE"
+DEFAULT_RULES_FILE = Path(__file__).parent / "rules" / "default.yaml"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads settings from the TOML file named by ``config_file`` or ``TRIAGE_CONFIG_FILE``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is None:
+            return
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        # Accept both a flat file and one with a [triage] table.
+        section = data.get("triage", data)
+        unknown = sorted(set(section) - set(settings_cls.model_fields))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
+        self._data = dict(section)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _split_list(value: object) -> object:
+    """Accept ``"CT1,PACS"`` and ``'["CT1", "PACS"]'`` for list settings from the environment."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service.  Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+    )
+
+    config_file: Path | None = Field(default=None, description="TOML file with these settings")
+
+    # --- DICOM listener -------------------------------------------------------------------
+    ae_title: str = Field(default="TRIAGE", description="our AE title")
+    dicom_host: str = Field(
+        default="127.0.0.1",
+        description="address the DICOM listener binds; set 0.0.0.0 to receive from the network",
+    )
+    dicom_port: int = Field(default=11112, ge=0, le=65535)
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="calling AE titles allowed to associate; empty = accept any (logged)",
+    )
+    require_called_ae_title: bool = Field(
+        default=False, description="reject associations whose called AE title is not ours"
+    )
+    max_pdu_size: int = Field(
+        default=1_048_576, ge=0, description="maximum PDU length we receive (0 = unlimited)"
+    )
+    dicom_poll_interval_s: float = Field(
+        default=0.0002,
+        gt=0,
+        le=0.01,
+        description="idle poll of pynetdicom's network loop; lower = less latency, more idle CPU",
+    )
+    max_associations: int = Field(default=32, ge=1)
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+
+    # --- storage --------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path("var"), description="spool, index and redis data")
+    spool_dir: Path | None = Field(default=None, description="default: <data_dir>/spool")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite (WAL) in <data_dir>"
+    )
+    spool_min_free_mb: int = Field(
+        default=1024, ge=0, description="answer 0xA700 (out of resources) below this free space"
+    )
+
+    # --- assembly and routing -------------------------------------------------------------
+    rules_file: Path = Field(
+        default=DEFAULT_RULES_FILE, description="routing rules (YAML/JSON/TOML)"
+    )
+    stable_age_s: float = Field(
+        default=10.0, gt=0, description="quiet time that completes a series"
+    )
+    release_grace_s: float = Field(
+        default=2.0, ge=0, description="wait after the association is released"
+    )
+    max_series_wait_s: float = Field(
+        default=900.0, gt=0, description="a series still trickling in is analysed after this"
+    )
+    sweep_interval_s: float = Field(default=0.5, gt=0)
+
+    # --- queue and jobs -------------------------------------------------------------------
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0")
+    redis_autostart: bool = Field(
+        default=True,
+        description="`triage up` starts a private redis-server when none answers at broker_url",
+    )
+    job_max_attempts: int = Field(default=3, ge=1)
+    job_lease_s: float = Field(
+        default=60.0, gt=0, description="a running job whose worker stops renewing is retaken"
+    )
+    job_republish_after_s: float = Field(
+        default=300.0, gt=0, description="republish a job that no worker has started after this"
+    )
+    job_retry_backoff_s: float = Field(default=10.0, ge=0)
+    task_soft_time_limit_s: float = Field(default=540.0, gt=0)
+    task_time_limit_s: float = Field(default=600.0, gt=0)
+    broker_visibility_timeout_s: float = Field(default=3600.0, gt=0)
+    worker_concurrency: int = Field(default=1, ge=1)
+    analysis_delay_s: float = Field(
+        default=0.0, ge=0, description="diagnostics and tests only: sleep at the start of analysis"
+    )
+
+    # --- web ------------------------------------------------------------------------------
+    web_host: str = Field(default="127.0.0.1")
+    web_port: int = Field(default=8080, ge=0, le=65535)
+
+    log_level: LogLevel = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs: Mapping[str, Any] = getattr(init_settings, "init_kwargs", {})
+        path = init_kwargs.get("config_file") or os.environ.get(CONFIG_FILE_ENV) or None
+        toml = _TomlFileSource(settings_cls, Path(path) if path else None)
+        return (init_settings, env_settings, toml)
+
+    @field_validator("allowed_calling_aes", mode="before")
+    @classmethod
+    def _parse_ae_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return _ae_title(value)
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _check_ae_list(cls, value: list[str]) -> list[str]:
+        return [_ae_title(v) for v in value]
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, value: str | None) -> str | None:
+        # We ship psycopg 3; SQLAlchemy's bare "postgresql://" means psycopg2.
+        if value and value.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        spool = (self.spool_dir or data_dir / "spool").expanduser().resolve()
+        object.__setattr__(self, "spool_dir", spool)
+        if self.database_url is None:
+            object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'index.sqlite3'}")
+        object.__setattr__(self, "rules_file", self.rules_file.expanduser().resolve())
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        if self.broker_visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                "broker_visibility_timeout_s must exceed task_time_limit_s, otherwise the broker "
+                "redelivers tasks that are still running"
+            )
+        return self
+
+    @property
+    def spool(self) -> Path:
+        """The spool directory (always set after validation)."""
+        if self.spool_dir is None:  # pragma: no cover - filled by _derive
+            raise ConfigError("spool_dir is unset")
+        return self.spool_dir
+
+    @property
+    def db_url(self) -> str:
+        """The index database URL (always set after validation)."""
+        if self.database_url is None:  # pragma: no cover - filled by _derive
+            raise ConfigError("database_url is unset")
+        return self.database_url
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``TRIAGE_*`` variables, so child processes rebuild them exactly."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if name == "config_file" or value is None:
+                continue
+            key = ENV_PREFIX + name.upper()
+            env[key] = json.dumps(value) if isinstance(value, list) else str(value)
+        return env
+
+
+def _ae_title(value: str) -> str:
+    text = value.strip()
+    if not text or len(text) > 16 or "\\" in text or not text.isascii() or not text.isprintable():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable ASCII, no backslash)")
+    return text
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once: CLI ``overrides`` > environment > TOML file > defaults.
+
+    Raises
+    ------
+    ConfigError
+        With the offending key names, when a value is missing or invalid.
+    """
+    cli = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**cli)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper() or '(settings)'}: "
+            f"{err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

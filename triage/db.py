@@ -1,0 +1,203 @@
+"""Index database: table definitions, engine set-up (SQLite WAL or PostgreSQL) and transactions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from triage.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+# One row per stored SOP instance; owned by triage.store.
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("sop_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("series_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False),
+    sa.Column("sop_class_uid", sa.String(64), nullable=False),
+    sa.Column("transfer_syntax_uid", sa.String(64), nullable=False),
+    sa.Column("instance_number", sa.Integer),
+    sa.Column("path", sa.String(512), nullable=False),  # relative to the spool directory
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("calling_ae", sa.String(16)),
+)
+
+# One row per study; created by triage.store, read by triage.worklist.
+studies = sa.Table(
+    "studies",
+    metadata,
+    sa.Column("study_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("patient_name", sa.String(324)),
+    sa.Column("patient_id", sa.String(64)),
+    sa.Column("patient_birth_date", sa.String(8)),
+    sa.Column("patient_sex", sa.String(16)),
+    sa.Column("accession_number", sa.String(16)),
+    sa.Column("study_date", sa.String(8)),
+    sa.Column("study_time", sa.String(16)),
+    sa.Column("study_description", sa.String(64)),
+    sa.Column("request_priority", sa.String(16)),
+    sa.Column("calling_ae", sa.String(16)),
+    sa.Column("first_received_at", sa.Float, nullable=False),
+)
+
+# Assembly state of each series; written by triage.store (receipt) and triage.assembly (ready).
+series = sa.Table(
+    "series",
+    metadata,
+    sa.Column("series_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("modality", sa.String(16)),
+    sa.Column("series_number", sa.Integer),
+    sa.Column("body_part_examined", sa.String(64)),
+    sa.Column("study_description", sa.String(64)),
+    sa.Column("series_description", sa.String(64)),
+    sa.Column("image_type", sa.String(256)),  # values joined with "\"
+    sa.Column("slice_thickness", sa.Float),
+    sa.Column("contrast_agent", sa.String(64)),
+    sa.Column("sop_class_uid", sa.String(64)),
+    sa.Column("request_priority", sa.String(16)),
+    sa.Column("expected_count", sa.Integer),
+    sa.Column("instance_count", sa.Integer, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("first_received_at", sa.Float, nullable=False),  # of the current revision
+    sa.Column("last_received_at", sa.Float, nullable=False),
+    sa.Column("last_association_id", sa.String(64)),
+    sa.Column("association_released_at", sa.Float),
+    sa.Column("ready_at", sa.Float),
+    sa.Column("ready_trigger", sa.String(16)),
+    sa.Column("not_analysed_reason", sa.String(512)),
+    sa.Index("ix_series_state_last", "state", "last_received_at"),
+)
+
+# Outbox and ledger of analysis jobs; owned by triage.jobs.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("job_key", sa.String(160), nullable=False, unique=True),  # series UID + revision
+    sa.Column("series_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("detectors", sa.JSON, nullable=False),
+    sa.Column("rules", sa.JSON, nullable=False),
+    sa.Column("queue", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("publish_count", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("not_before", sa.Float, nullable=False),
+    sa.Column("published_at", sa.Float),
+    sa.Column("started_at", sa.Float),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("error", sa.String(1024)),
+    sa.Column("result", sa.JSON),
+    sa.Index("ix_jobs_state", "state", "not_before"),
+)
+
+schema_info = sa.Table(
+    "schema_info",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+
+class Database:
+    """An engine plus the two kinds of transaction the service uses.
+
+    On SQLite, write transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers
+    queue on the busy timeout instead of failing on a lock upgrade; the journal is WAL with
+    ``synchronous=FULL``, so a committed row survives power loss.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: Engine = sa.create_engine(
+                url, connect_args={"timeout": busy_timeout_s, "isolation_level": None}
+            )
+            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+            sa.event.listen(self.engine, "begin", _sqlite_on_begin)
+            if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A read-write transaction, committed on exit (rolled back on error)."""
+        with self.engine.connect() as plain:
+            conn = plain.execution_options(triage_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def create_schema(self) -> None:
+        """Create missing tables; refuse a database written by another schema version."""
+        metadata.create_all(self.engine)
+        with self.write() as conn:
+            version = conn.execute(sa.select(schema_info.c.version)).scalar()
+            if version is None:
+                conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+            elif version != SCHEMA_VERSION:
+                raise ConfigError(
+                    f"index database has schema version {version}, this release needs "
+                    f"{SCHEMA_VERSION}; migrate it or point TRIAGE_DATABASE_URL elsewhere"
+                )
+
+    def insert_ignore(self, table: sa.Table) -> Any:
+        """``INSERT … ON CONFLICT DO NOTHING RETURNING <primary key>`` for this dialect.
+
+        A row comes back only when one was inserted (``rowcount`` is not reliable here:
+        psycopg reports -1).
+        """
+        insert = sqlite_insert(table) if self.is_sqlite else pg_insert(table)
+        return insert.on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    options: dict[str, Any] = dict(conn.get_execution_options())
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("triage_write") else "BEGIN")
