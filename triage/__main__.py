@@ -25,6 +25,17 @@ from triage.errors import ConfigError, TriageError
 logger = logging.getLogger("triage")
 
 
+def _quiet_pydicom() -> None:
+    """Read tolerantly and never let pydicom log element values.
+
+    pydicom's default reading validation warns with the offending value, which may be a
+    patient name; the service only needs a handful of keys and checks those itself.
+    """
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
 def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level,
@@ -88,6 +99,7 @@ def cmd_listen(settings: Settings) -> int:
     from triage.store import Store
 
     rules = load_rules(settings.rules_file)
+    _quiet_pydicom()
     db = Database(settings.db_url)
     db.create_schema()
     store = Store(settings.spool, db, min_free_bytes=settings.spool_min_free_mb * 2**20)
@@ -112,7 +124,13 @@ def cmd_listen(settings: Settings) -> int:
     )
     sweeper = Sweeper(assembler, ledger, _publisher(settings), interval_s=settings.sweep_interval_s)
     listener = Listener(settings, store, on_stored=sweeper.wake, on_released=sweeper.wake)
-    listener.start()
+    try:
+        listener.start()
+    except OSError as exc:
+        db.dispose()
+        raise TriageError(
+            f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {exc.strerror}"
+        ) from exc
     sweeper.start()
     logger.info("Routing rules: %s (%d rules)", settings.rules_file, len(rules.rules))
     try:

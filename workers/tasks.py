@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pydicom.config
 from celery import Task
 from celery.exceptions import Reject
 
@@ -28,6 +29,8 @@ class AnalysisTask(Task):  # type: ignore[misc]
     @property
     def context(self) -> PipelineContext:
         if self._context is None:
+            # Tolerant reading; pydicom's validation warnings would log element values (PHI).
+            pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
             self._context = PipelineContext.from_settings(load_settings())
         return self._context
 
