@@ -47,7 +47,14 @@ contracts: venv
 pytest: venv
 	TRIAGE_TEST_POSTGRES_URL="$$(deploy/dev/test-postgres.sh)" $(PY) -m pytest
 
+# Needs root (private network namespace) and Debian's orthanc as a peer.  Debian starts an
+# Orthanc service on install where systemd runs; it is stopped again, the benchmark runs its own.
 bench: system-deps venv
+	@command -v Orthanc >/dev/null || { \
+	  echo "Installing orthanc (benchmark peer)"; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc; \
+	  if command -v systemctl >/dev/null && systemctl is-active -q orthanc 2>/dev/null; then \
+	    $(SUDO) systemctl disable --now orthanc; fi; }
 	$(PY) bench/ingest.py
 
 clean:

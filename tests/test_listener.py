@@ -204,17 +204,6 @@ def test_failed_fsync_answers_out_of_resources(
     assert index_count(sqlite_db) == 1
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def test_full_disk_answers_out_of_resources_and_indexes_nothing_partial(
     start_listener: Start, sqlite_db: Database, tmp_path: Path, tiny_tmpfs: Path
 ) -> None:
@@ -366,3 +355,21 @@ def test_every_syntax_round_trips_with_the_pynetdicom_sender(
             str(dcmread(source, stop_before_pixels=True).SeriesInstanceUID)
         )
         assert dataset_bytes(stored) == dataset_bytes(source)
+
+
+def test_both_ends_disable_nagle(start_listener: Start, sqlite_db: Database) -> None:
+    import socket
+
+    from triage.sender import _associate
+
+    running = start_listener(sqlite_db)
+    assoc = _associate(scu(), running.host, running.port, "TRIAGE")
+    try:
+        client = assoc.dul.socket.socket
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        (server_side,) = running.listener.ae.active_associations
+        server = server_side.dul.socket.socket
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert server_side.dul._run_loop_delay == running.settings.dicom_poll_interval_s
+    finally:
+        assoc.release()

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -188,23 +186,11 @@ def test_conformant_uid_is_used_as_is() -> None:
     assert safe_name("1.2.840.10008.5.1.4.1.1.2") == "1.2.840.10008.5.1.4.1.1.2"
 
 
-@pytest.fixture
-def tiny_spool(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs: a real full disk (needs root, as on CI and `make test`)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def test_real_full_disk_is_out_of_resources(
-    db: Database, tmp_path: Path, tiny_spool: Path
+    db: Database, tmp_path: Path, tiny_tmpfs: Path
 ) -> None:
     # The spool is on another file system than the received files: the copy path.
-    store = Store(tiny_spool / "spool", db)
+    store = Store(tiny_tmpfs / "spool", db)
     stored = 0
     source = tmp_path / "src"
     paths = write_series(source, 12, rows=256, columns=256)  # 128 KiB each

@@ -76,8 +76,7 @@ def rig(tmp_path: Path, broker_url: str, database_url: str) -> Iterator[Rig]:
     db = Database(settings.db_url)
     db.create_schema()
     store = Store(settings.spool, db)
-    ledger = JobLedger(db, max_attempts=settings.job_max_attempts, lease_s=settings.job_lease_s,
-                       retry_backoff_s=0)
+    ledger = JobLedger.from_settings(db, settings)
     app = create_app(settings)
 
     def publish(message: JobMessage) -> None:

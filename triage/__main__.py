@@ -107,13 +107,7 @@ def cmd_listen(settings: Settings) -> int:
     # spool's file system makes the final move a rename instead of a copy.
     tempfile.tempdir = str(store.incoming_dir)
     _clean_incoming(store.incoming_dir)
-    ledger = JobLedger(
-        db,
-        max_attempts=settings.job_max_attempts,
-        lease_s=settings.job_lease_s,
-        republish_after_s=settings.job_republish_after_s,
-        retry_backoff_s=settings.job_retry_backoff_s,
-    )
+    ledger = JobLedger.from_settings(db, settings)
     assembler = Assembler(
         db,
         rules,

@@ -5,18 +5,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from triage import __version__
 from triage.config import Settings
 from triage.db import Database
 from triage.domain import QueueName, WorkState
-from triage.worklist import StudyItem, list_studies
+from triage.worklist import list_studies
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +23,8 @@ ReadinessCheck = Callable[[], None]
 
 
 class SeriesOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     series_instance_uid: str
     series_number: int | None
     modality: str | None
@@ -37,19 +38,21 @@ class SeriesOut(BaseModel):
     detectors: list[str]
     attempts: int
     result: dict[str, Any] | None
-    received_at: datetime
-    last_received_at: datetime
+    received_at: AwareDatetime = Field(description="first instance received (UTC)")
+    last_received_at: AwareDatetime
 
 
 class StudyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     study_instance_uid: str
     state: WorkState
     stat: bool
     modality: str | None
     study_description: str | None
     instance_count: int
-    received_at: datetime
-    last_received_at: datetime
+    received_at: AwareDatetime = Field(description="first instance received (UTC)")
+    last_received_at: AwareDatetime
     series: list[SeriesOut]
 
 
@@ -68,43 +71,6 @@ class HealthOut(BaseModel):
 class ReadyOut(BaseModel):
     ready: bool
     checks: dict[str, str]
-
-
-def _ts(value: float) -> datetime:
-    return datetime.fromtimestamp(value, tz=UTC)
-
-
-def _study_out(item: StudyItem) -> StudyOut:
-    return StudyOut(
-        study_instance_uid=item.study_instance_uid,
-        state=item.state,
-        stat=item.stat,
-        modality=item.modality,
-        study_description=item.study_description,
-        instance_count=item.instance_count,
-        received_at=_ts(item.received_at),
-        last_received_at=_ts(item.last_received_at),
-        series=[
-            SeriesOut(
-                series_instance_uid=s.series_instance_uid,
-                series_number=s.series_number,
-                modality=s.modality,
-                series_description=s.series_description,
-                instance_count=s.instance_count,
-                revision=s.revision,
-                state=s.state,
-                reason=s.reason,
-                ready_trigger=s.ready_trigger,
-                queue=s.queue,
-                detectors=list(s.detectors),
-                attempts=s.attempts,
-                result=s.result,
-                received_at=_ts(s.received_at),
-                last_received_at=_ts(s.last_received_at),
-            )
-            for s in item.series
-        ],
-    )
 
 
 def spool_check(settings: Settings) -> ReadinessCheck:
@@ -170,6 +136,7 @@ def create_app(
     @app.get("/api/worklist", response_model=WorklistOut, tags=["worklist"])
     def worklist(limit: int = Query(default=500, ge=1, le=5000)) -> WorklistOut:
         """Studies with the state of each series, STAT first, then most recent."""
-        return WorklistOut(studies=[_study_out(s) for s in list_studies(db, limit=limit)])
+        studies = list_studies(db, limit=limit)
+        return WorklistOut(studies=[StudyOut.model_validate(s) for s in studies])
 
     return app

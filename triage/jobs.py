@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from triage.config import Settings
 from triage.db import Database, jobs, series
 from triage.domain import JobMessage, JobState, QueueName
 from triage.errors import JobNotFoundError
@@ -112,6 +113,17 @@ class JobLedger:
     clock
         Seconds since the epoch.
     """
+
+    @classmethod
+    def from_settings(cls, db: Database, settings: Settings) -> JobLedger:
+        """A ledger with the job settings of ``settings``."""
+        return cls(
+            db,
+            max_attempts=settings.job_max_attempts,
+            lease_s=settings.job_lease_s,
+            republish_after_s=settings.job_republish_after_s,
+            retry_backoff_s=settings.job_retry_backoff_s,
+        )
 
     def __init__(
         self,

@@ -9,16 +9,32 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom.filereader import read_file_meta_info
 from pydicom.misc import is_dicom
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from triage.association import tune
 
 logger = logging.getLogger(__name__)
 
 _MAX_CONTEXTS = 128
 _RETRYABLE = {0xA700, 0xA701, 0xA702}  # out of resources: the receiver asks us to retry
+_POLL_INTERVAL_S = 0.0002
+
+
+def _handle_conn_open(event: evt.Event) -> None:
+    tune(event.assoc, _POLL_INTERVAL_S)
+
+
+def _associate(ae: AE, host: str, port: int, called_ae: str) -> Any:
+    assoc = ae.associate(host, port, ae_title=called_ae,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _handle_conn_open)])
+    if not assoc.is_established:
+        raise ConnectionError(f"association with {called_ae}@{host}:{port} was not accepted")
+    return assoc
 
 
 @dataclass
@@ -110,8 +126,6 @@ def send(
                 ae, pending, host=host, port=port, called_ae=called_ae, report=report,
                 last_try=attempt == retries, progress=progress, total=total,
             )
-            if progress is not None:
-                progress(report.sent + report.failed, total)
     report.elapsed_s = time.monotonic() - started
     return report
 
@@ -128,9 +142,7 @@ def _send_batch(
     progress: Callable[[int, int], None] | None,
     total: int,
 ) -> list[Path]:
-    assoc = ae.associate(host, port, ae_title=called_ae)
-    if not assoc.is_established:
-        raise ConnectionError(f"association with {called_ae}@{host}:{port} was not accepted")
+    assoc = _associate(ae, host, port, called_ae)
     retry: list[Path] = []
     try:
         for path in files:
@@ -165,9 +177,7 @@ def echo(*, host: str, port: int, called_ae: str = "TRIAGE",
     """
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called_ae)
-    if not assoc.is_established:
-        raise ConnectionError(f"association with {called_ae}@{host}:{port} was not accepted")
+    assoc = _associate(ae, host, port, called_ae)
     try:
         status = assoc.send_c_echo()
         return int(getattr(status, "Status", 0xFFFF))

@@ -42,13 +42,7 @@ class PipelineContext:
             settings=settings,
             db=db,
             store=Store(settings.spool, db),
-            ledger=JobLedger(
-                db,
-                max_attempts=settings.job_max_attempts,
-                lease_s=settings.job_lease_s,
-                republish_after_s=settings.job_republish_after_s,
-                retry_backoff_s=settings.job_retry_backoff_s,
-            ),
+            ledger=JobLedger.from_settings(db, settings),
         )
 
 
