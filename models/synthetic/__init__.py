@@ -1,0 +1,1 @@
+"""Synthetic CT phantoms: head (hemorrhage, stroke) and cervical spine (fractures) as DICOM."""
