@@ -1,1 +1,74 @@
-"""Detectors, synthetic CT phantoms and their training/evaluation code (no service imports)."""
+"""Detectors, synthetic CT phantoms and their training/evaluation code (no service imports).
+
+``available()`` lists the model cards of the bundled detectors; ``load(name, device=…)``
+returns a ready detector or raises (never ``None``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from models.detector import (
+    MODELS_DIR,
+    Detector,
+    ModelCard,
+    ModelError,
+    ModelNotFoundError,
+    NotEligibleError,
+    WeightsError,
+)
+
+DETECTORS = ("hemorrhage", "stroke", "cspine_fracture")
+
+__all__ = [
+    "DETECTORS",
+    "MODELS_DIR",
+    "Detector",
+    "ModelCard",
+    "ModelError",
+    "ModelNotFoundError",
+    "NotEligibleError",
+    "WeightsError",
+    "available",
+    "card",
+    "load",
+]
+
+
+def card(name: str) -> ModelCard:
+    """The model card of detector ``name``.
+
+    Raises
+    ------
+    ModelNotFoundError
+        Unknown detector or missing metadata.json.
+    """
+    if name not in DETECTORS:
+        raise ModelNotFoundError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
+    return ModelCard.read(MODELS_DIR / name)
+
+
+def available() -> list[ModelCard]:
+    """Cards of the bundled detectors that have a metadata.json."""
+    cards = []
+    for name in DETECTORS:
+        try:
+            cards.append(card(name))
+        except ModelNotFoundError:
+            continue
+    return cards
+
+
+def load(name: str, *, device: str = "cpu") -> Detector:
+    """Load detector ``name`` with its sha256-verified weights onto ``device``.
+
+    Raises
+    ------
+    ModelNotFoundError
+        Unknown detector or missing card.
+    WeightsError
+        Weight file missing or not the one the card names.
+    """
+    module = importlib.import_module(f"models.{name}")
+    detector: Detector = module.build(card(name), device=device)
+    return detector

@@ -1,7 +1,8 @@
 """Composition root and command line: builds Settings and collaborators, wires them, runs them.
 
 Commands: ``up`` (everything for one machine), ``listen``, ``web``, ``worker``, ``send``,
-``echo`` and ``rules check``.  Run ``triage COMMAND --help`` for the options.
+``echo``, ``demo``, ``rules check``; ``models …`` and ``analyze …`` run ``python -m models``
+in a child process so that the service never imports torch.  Run ``triage COMMAND --help``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -234,6 +236,35 @@ def cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if status == 0 else 1
 
 
+def _run_models(arguments: Sequence[str]) -> int:
+    """Run ``python -m models …``: the ML stack stays out of the service processes."""
+    return subprocess.call([sys.executable, "-m", "models", *arguments])
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Generate synthetic head and C-spine studies and send them to the listener."""
+    from triage.sender import send
+
+    seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000 * 10
+    with tempfile.TemporaryDirectory(prefix="triage-demo-") as tmp:
+        folders = []
+        for region, count in (("head", args.head), ("cspine", args.cspine)):
+            if count <= 0:
+                continue
+            folder = Path(tmp) / region
+            code = _run_models(["synthetic", "generate", "--region", region, "--n", str(count),
+                                "--seed", str(seed), "--out", str(folder)])
+            if code != 0:
+                return code
+            folders.append(folder)
+        report = send(folders, host=args.host, port=args.port or settings.dicom_port,
+                      called_ae=settings.ae_title, calling_ae="TRIAGE_DEMO")
+    print(f"demo: {report.sent} synthetic instances sent ({report.failed} failed) to "
+          f"{settings.ae_title}@{args.host}:{args.port or settings.dicom_port}; watch "
+          f"http://{settings.web_host}:{settings.web_port}/api/worklist")
+    return 0 if report.ok else 1
+
+
 def cmd_rules_check(settings: Settings, path: str | None) -> int:
     from triage.rules import load_rules
 
@@ -286,6 +317,17 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--port", type=int, help="peer port (default: our DICOM port)")
         cmd.add_argument("--called-ae", help="peer AE title (default: our AE title)")
         cmd.add_argument("--calling-ae", default="TRIAGE_SEND", help="our AE title as sender")
+    demo = sub.add_parser("demo", parents=[common],
+                          help="send synthetic head and C-spine studies to the listener")
+    demo.add_argument("--head", type=int, default=4, help="number of head CT studies")
+    demo.add_argument("--cspine", type=int, default=2, help="number of C-spine CT studies")
+    demo.add_argument("--seed", type=int, help="first seed (default: from the clock)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, help="listener port (default: our DICOM port)")
+    sub.add_parser("models", add_help=False,
+                   help="detectors: list | train | eval | synthetic … (see `triage models -h`)")
+    sub.add_parser("analyze", add_help=False,
+                   help="run the detectors on DICOM folders (see `triage analyze -h`)")
     rules = sub.add_parser("rules", help="routing rules tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", parents=[common], help="validate a rules file")
@@ -301,7 +343,12 @@ _SETTING_ARGS = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``triage`` command."""
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] == "models":
+        return _run_models(arguments[1:])
+    if arguments and arguments[0] == "analyze":
+        return _run_models(arguments)
+    args = _parser().parse_args(arguments)
     overrides = {name: getattr(args, name, None) for name in _SETTING_ARGS}
     try:
         settings = load_settings(**overrides)
@@ -319,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_send(settings, args)
             case "echo":
                 return cmd_echo(settings, args)
+            case "demo":
+                return cmd_demo(settings, args)
             case "rules":
                 return cmd_rules_check(settings, args.file)
     except ConfigError as exc:

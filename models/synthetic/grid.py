@@ -49,7 +49,7 @@ def fine_planes_per_slice(thickness_mm: float) -> int:
 
 
 def slice_centres(acq: Acquisition) -> Array:
-    """z of each slice centre (anatomy-local frame before the pose), inferior to superior."""
+    """Patient z of each slice centre, inferior to superior."""
     return (acq.z_start_mm + np.arange(acq.n_slices) * acq.spacing_mm).astype(np.float32)
 
 
@@ -71,7 +71,7 @@ def rotation(pose: Pose) -> Array:
     rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
     rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
     ry = np.array([[cr, 0, sr], [0, 1, 0], [-sr, 0, cr]])
-    return (rz @ rx @ ry).astype(np.float32)
+    return np.asarray(rz @ rx @ ry, dtype=np.float32)
 
 
 def local_coords(grid: Grid, pose: Pose) -> tuple[Array, Array, Array]:

@@ -121,7 +121,7 @@ class Acquisition:
     fov_mm: float = 240.0
     matrix: int = 256
     n_slices: int = 32
-    z_start_mm: float = -60.0  # centre of the first slice, anatomy-local z before the pose
+    z_start_mm: float = -60.0  # patient z of the first slice centre (anatomy origin at z = 0)
     hu_offset: float = 0.0  # calibration error added to every voxel (drift experiments)
     signed_pixels: bool = True  # PixelRepresentation 1 (GE-like) or 0 with offset (Siemens-like)
 

@@ -1,0 +1,275 @@
+"""Command line of the models package (``python -m models …``; ``triage models …`` runs it).
+
+Commands: ``list``, ``train NAME``, ``eval NAME``, ``analyze PATH…`` and
+``synthetic generate|contact-sheet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import models
+from models.definition import Definition
+
+logger = logging.getLogger("models")
+
+
+def definition(name: str) -> Definition:
+    if name not in models.DETECTORS:
+        raise SystemExit(f"unknown detector {name!r}; known: {', '.join(models.DETECTORS)}")
+    module = importlib.import_module(f"models.{name}")
+    result: Definition = module.DEFINITION
+    return result
+
+
+def progress_printer(label: str) -> Any:
+    started = time.monotonic()
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= 2.0:
+            last[0] = now
+            rate = done / max(1e-6, now - started)
+            eta = (total - done) / max(rate, 1e-6)
+            print(f"\r{label}: {done}/{total} ({rate:.2f}/s, about {eta / 60:.1f} min left)",
+                  end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    cards = models.available()
+    if not cards:
+        print("no trained detectors yet: run `triage models train all`")
+    for card in cards:
+        perf = card.raw.get("performance", {}).get("overall", {})
+        auc = perf.get("auc", {}).get("value")
+        weights = "weights ok"
+        try:
+            card.verified_weights()
+        except models.WeightsError as exc:
+            weights = f"WEIGHTS PROBLEM: {exc}"
+        print(f"{card.name} {card.version}: {card.task}")
+        print(f"  threshold {card.threshold:.4f}; held-out synthetic AUC "
+              f"{auc if auc is not None else 'not evaluated'}; {weights}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models import training  # noqa: PLC0415 - torch-heavy, only for this command
+
+    names = models.DETECTORS if args.name == "all" else (args.name,)
+    defs = [definition(n) for n in names]
+    train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
+    val_seeds = list(range(training.VALIDATION_SEEDS, training.VALIDATION_SEEDS + args.val_cases))
+    for region in {d.region for d in defs}:
+        group = [d for d in defs if d.region is region]
+        training.build_cache(group, train_seeds + val_seeds, args.cache, workers=args.workers,
+                             progress=progress_printer(f"generating {region.value} studies"))
+    for d in defs:
+        result = training.train(
+            d, args.cache, train_seeds=train_seeds, val_seeds=val_seeds,
+            out_folder=models.MODELS_DIR / d.name, epochs=args.epochs, batch=args.batch,
+            lr=args.lr, device=args.device,
+        )
+        print(f"{d.name}: validation AUC {result.validation_auc:.4f}, threshold "
+              f"{result.threshold:.4f} (sensitivity {result.validation_sensitivity:.3f}, "
+              f"specificity {result.validation_specificity:.3f}); card {result.card_path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from models import assess, cards, training  # noqa: PLC0415
+
+    d = definition(args.name)
+    card = models.card(args.name)
+    started = time.monotonic()
+    if args.data:
+        if not args.labels:
+            raise SystemExit("--data needs --labels (CSV: study_instance_uid,finding,...)")
+        detector = models.load(args.name, device=args.device)
+        labels = assess.read_site_labels(args.labels)
+        results, skipped = assess.evaluate_folder(detector, args.data, labels, d.finding)
+        timings: list[float] = []
+        source = f"site data {args.data}"
+    else:
+        seeds = list(range(args.seed_base, args.seed_base + args.cases))
+        results, skipped, timings = assess.evaluate_synthetic(
+            args.name, seeds, workers=args.workers, device=args.device,
+            progress=progress_printer(f"evaluating {args.name}"))
+        source = (f"held-out synthetic phantoms, seeds {seeds[0]}-{seeds[-1]} (training "
+                  f"used {training.TRAIN_SEEDS}+, validation {training.VALIDATION_SEEDS}+)")
+    rep = assess.write_report(args.name, results, skipped, threshold=card.threshold,
+                              strata=d.strata, out=args.out, source=source)
+    if timings:
+        rep["inference_seconds_per_study"] = {
+            "median": round(float(sorted(timings)[len(timings) // 2]), 3),
+            "max": round(max(timings), 3),
+            "device": args.device,
+            "note": "one process per worker, one thread each",
+        }
+    rep["minutes"] = round((time.monotonic() - started) / 60, 1)
+    (args.out / f"{args.name}-eval.json").write_text(json.dumps(rep, indent=1) + "\n")
+    overall = rep["overall"]
+    print(f"{args.name}: {overall['n']} studies ({overall['positives']} positive), "
+          f"AUC {overall['auc']['value']} {overall['auc']['ci95']}, sensitivity "
+          f"{overall['sensitivity']['value']} {overall['sensitivity']['ci95']}, specificity "
+          f"{overall['specificity']['value']} {overall['specificity']['ci95']}; "
+          f"{len(skipped)} not analysed; report in {args.out}")
+    for line in rep["strata_below_overall_by_more_than_5_points"]:
+        print(f"  below overall: {line}")
+    if args.update_card and not args.data:
+        cards.record_performance(card, rep)
+        print(f"updated {card.folder / 'metadata.json'} and README.md")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from models import assess  # noqa: PLC0415
+
+    names = args.detectors.split(",") if args.detectors else [c.name for c in models.available()]
+    detectors = {n: models.load(n, device=args.device) for n in names}
+    rows = list(assess.analyze([Path(p) for p in args.paths], detectors))
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows], indent=1, default=str))
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["study_instance_uid", "series_instance_uid", "slices",
+                         "slice_thickness_mm", "detector", "probability", "flagged",
+                         "slice_range", "not_analysed"])
+        for row in rows:
+            if row.error:
+                writer.writerow([row.study_instance_uid, row.series_instance_uid, row.slices,
+                                 "", "", "", "", "", row.error])
+            for name, res in row.results.items():
+                rng = res.get("slice_range")
+                writer.writerow([row.study_instance_uid, row.series_instance_uid, row.slices,
+                                 row.slice_thickness_mm, name, res.get("probability", ""),
+                                 res.get("flagged", ""),
+                                 f"{rng[0]}-{rng[1]}" if rng else "",
+                                 res.get("not_analysed", "")])
+    else:
+        for row in rows:
+            head = f"{row.series_instance_uid} ({row.slices} slices"
+            head += f", {row.slice_thickness_mm:g} mm)" if row.slice_thickness_mm else ")"
+            if row.error:
+                print(f"{head}: not analysed: {row.error}")
+                continue
+            parts = []
+            for name, res in row.results.items():
+                if "not_analysed" in res:
+                    parts.append(f"{name} not analysed: {res['not_analysed']}")
+                else:
+                    flag = "FLAGGED" if res["flagged"] else "-"
+                    where = (f" slices {res['slice_range'][0]}-{res['slice_range'][1]}"
+                             if res["slice_range"] else "")
+                    parts.append(f"{name} {res['probability']:.3f} {flag}{where}")
+            print(f"{head}: " + "; ".join(parts))
+        print("AI output, not for diagnosis; models trained on synthetic phantoms only.",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from models.synthetic.generate import write_dataset  # noqa: PLC0415
+    from models.synthetic.spec import Region  # noqa: PLC0415
+
+    overrides: dict[str, Any] = {}
+    if args.finding:
+        overrides["finding"] = args.finding
+    seeds = range(args.seed, args.seed + args.n)
+    path = write_dataset(Region(args.region), seeds, args.out, max_slices=args.max_slices,
+                         workers=args.workers, progress=progress_printer("generating"),
+                         **overrides)
+    print(path)
+    return 0
+
+
+def cmd_contact_sheet(args: argparse.Namespace) -> int:
+    from models.synthetic.contact import contact_sheet  # noqa: PLC0415
+
+    contact_sheet(args.out, seed=args.seed)
+    print(args.out)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="triage models", description="Detectors and their data.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="bundled detectors and their cards").set_defaults(fn=cmd_list)
+
+    t = sub.add_parser("train", help="train a detector on synthetic phantoms")
+    t.add_argument("name", help=f"{', '.join(models.DETECTORS)} or all")
+    t.add_argument("--train-cases", type=int, default=1200)
+    t.add_argument("--val-cases", type=int, default=300)
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--workers", type=int, default=2, help="processes generating data")
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--cache", type=Path, default=Path("var/model-cache"))
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate on held-out synthetic data or a labelled folder")
+    e.add_argument("name")
+    e.add_argument("--cases", type=int, default=600)
+    e.add_argument("--seed-base", type=int, default=900_000)
+    e.add_argument("--data", type=Path, help="folder of DICOM studies from a site")
+    e.add_argument("--labels", type=Path, help="CSV: study_instance_uid,finding[,subtype,...]")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", type=Path, default=Path("var/eval"))
+    e.add_argument("--update-card", action="store_true",
+                   help="write the results into metadata.json and README.md")
+    e.set_defaults(fn=cmd_eval)
+
+    a = sub.add_parser("analyze", help="run the detectors on DICOM folders")
+    a.add_argument("paths", nargs="+")
+    a.add_argument("--detectors", help="comma-separated (default: all)")
+    a.add_argument("--device", default="cpu")
+    out = a.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--csv", action="store_true")
+    a.set_defaults(fn=cmd_analyze)
+
+    s = sub.add_parser("synthetic", help="synthetic CT phantoms")
+    ssub = s.add_subparsers(dest="synthetic_command", required=True)
+    g = ssub.add_parser("generate", help="write synthetic DICOM studies and labels.csv")
+    g.add_argument("--region", choices=["head", "cspine"], default="head")
+    g.add_argument("--n", type=int, default=10)
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--finding", choices=["none", "hemorrhage", "stroke", "fracture"])
+    g.add_argument("--max-slices", type=int, default=64)
+    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("--out", type=Path, required=True)
+    g.set_defaults(fn=cmd_generate)
+    c = ssub.add_parser("contact-sheet", help="PNG of synthetic cases in brain/bone windows")
+    c.add_argument("--out", type=Path, default=Path("docs/synthetic-contact-sheet.png"))
+    c.add_argument("--seed", type=int, default=3)
+    c.set_defaults(fn=cmd_contact_sheet)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except (models.ModelError, ValueError, OSError) as exc:
+        print(f"triage models: error: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

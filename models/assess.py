@@ -1,0 +1,267 @@
+"""Runs detectors over studies: held-out synthetic evaluation, site folders, offline analysis."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import models
+from models.detector import Detector, ModelError, NotEligibleError
+from models.evaluation import StudyResult, plot_roc, report, roc_auc, roc_curve
+from models.synthetic.generate import generate
+from models.synthetic.sampling import sample_case
+from models.synthetic.spec import Region
+from models.volume import Volume, VolumeError, find_series, load_series
+
+logger = logging.getLogger(__name__)
+
+POPULATION_STRATA = ("manufacturer", "age_band", "sex", "slice_thickness")
+REGION_OF = {"hemorrhage": Region.HEAD, "stroke": Region.HEAD, "cspine_fracture": Region.CSPINE}
+FINDING_OF = {"hemorrhage": "hemorrhage", "stroke": "stroke", "cspine_fracture": "fracture"}
+
+
+def age_band(age: float | None) -> str:
+    if age is None:
+        return ""
+    return "<40" if age < 40 else "40-64" if age < 65 else ">=65"
+
+
+def size_band(volume_ml: float | None) -> str:
+    if volume_ml is None:
+        return ""
+    return "<5 mL" if volume_ml < 5 else "5-25 mL" if volume_ml <= 25 else ">25 mL"
+
+
+def parse_age(text: str | None) -> float | None:
+    """DICOM AS (``045Y``, ``006M``) or a plain number of years."""
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)([DWMY]?)", str(text).strip().upper())
+    if not match:
+        return None
+    value, unit = float(match.group(1)), match.group(2) or "Y"
+    return value / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
+
+
+def synthetic_attributes(labels: dict[str, Any], finding: str) -> tuple[bool, dict[str, str]]:
+    """Truth and strata of a synthetic study for the detector of ``finding``."""
+    positive = labels["finding"] == finding
+    first = labels["findings"][0] if labels["findings"] else {}
+    acq = labels["acquisition"]
+    attributes = {
+        "manufacturer": acq["manufacturer"],
+        "age_band": age_band(labels["patient"]["age"]),
+        "sex": labels["patient"]["sex"],
+        "slice_thickness": f"{acq['slice_thickness_mm']:g} mm",
+        "kernel": acq["kernel"],
+    }
+    if positive:
+        attributes["subtype"] = str(first.get("subtype", ""))
+        attributes["size_band"] = size_band(first.get("volume_ml"))
+        if first.get("level"):
+            attributes["level"] = f"C{first['level']}"
+    else:
+        attributes["negative_kind"] = labels["finding"]
+    return positive, attributes
+
+
+# --- held-out synthetic evaluation (worker processes each load the detector once) ----------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(name: str, device: str) -> None:
+    torch.set_num_threads(1)
+    _WORKER["detector"] = models.load(name, device=device)
+    _WORKER["name"] = name
+
+
+def _evaluate_seed(seed: int) -> tuple[StudyResult | None, str | None, float]:
+    name = str(_WORKER["name"])
+    detector: Detector = _WORKER["detector"]
+    case = generate(sample_case(seed, REGION_OF[name]))
+    positive, attributes = synthetic_attributes(case.labels, FINDING_OF[name])
+    started = time.perf_counter()
+    try:
+        finding = detector(case.volume())
+    except NotEligibleError as exc:
+        return None, f"{case.labels['case_id']}: {exc.reason}", 0.0
+    elapsed = time.perf_counter() - started
+    return (StudyResult(case.labels["study_instance_uid"], positive, finding.probability,
+                        finding.flagged, attributes), None, elapsed)
+
+
+def evaluate_synthetic(
+    name: str,
+    seeds: Sequence[int],
+    *,
+    workers: int = 2,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[StudyResult], list[str], list[float]]:
+    """Score held-out synthetic studies; returns results, not-analysed reasons, timings."""
+    results: list[StudyResult] = []
+    skipped: list[str] = []
+    timings: list[float] = []
+    with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
+                             initargs=(name, device)) as pool:
+        for done, (result, reason, elapsed) in enumerate(pool.map(_evaluate_seed, seeds), 1):
+            if result is not None:
+                results.append(result)
+                timings.append(elapsed)
+            if reason is not None:
+                skipped.append(reason)
+            if progress is not None:
+                progress(done, len(seeds))
+    return results, skipped, timings
+
+
+# --- a site's labelled DICOM folder -------------------------------------------------------
+
+def read_site_labels(path: Path) -> dict[str, dict[str, str]]:
+    """``study_instance_uid`` → row; the ``finding`` column names the finding or ``none``.
+
+    Optional columns used for strata: subtype, volume_ml, level, age, sex.
+    """
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "study_instance_uid" not in rows[0] or "finding" not in rows[0]:
+        raise ValueError(f"{path}: needs columns study_instance_uid and finding")
+    return {row["study_instance_uid"].strip(): row for row in rows}
+
+
+def evaluate_folder(detector: Detector, folder: Path, labels: dict[str, dict[str, str]],
+                    finding: str) -> tuple[list[StudyResult], list[str]]:
+    """Score every series of a labelled folder (one series per labelled study is used)."""
+    results: list[StudyResult] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    for uid, paths in sorted(find_series([folder]).items()):
+        try:
+            volume = load_series(paths)
+        except VolumeError as exc:
+            skipped.append(f"series {uid}: {exc}")
+            continue
+        study = volume.study_instance_uid
+        row = labels.get(study)
+        if row is None or study in seen:
+            continue
+        try:
+            result = detector(volume)
+        except NotEligibleError as exc:
+            skipped.append(f"series {uid}: {exc.reason}")
+            continue
+        seen.add(study)
+        positive = row["finding"].strip().lower() == finding
+        volume_ml = float(row["volume_ml"]) if row.get("volume_ml") else None
+        attributes = {
+            "manufacturer": str(volume.meta.get("manufacturer", "")),
+            "age_band": age_band(parse_age(row.get("age") or volume.meta.get("patient_age"))),
+            "sex": (row.get("sex") or str(volume.meta.get("patient_sex", ""))).upper(),
+            "slice_thickness": f"{volume.meta.get('slice_thickness_mm') or 0:g} mm",
+        }
+        if positive:
+            attributes["subtype"] = row.get("subtype", "")
+            attributes["size_band"] = size_band(volume_ml)
+            attributes["level"] = row.get("level", "")
+        results.append(StudyResult(study, positive, result.probability, result.flagged,
+                                   attributes))
+    return results, skipped
+
+
+def write_report(name: str, results: Sequence[StudyResult], skipped: Sequence[str], *,
+                 threshold: float, strata: Sequence[str], out: Path,
+                 source: str) -> dict[str, Any]:
+    """Metrics JSON and ROC PNG under ``out``; returns the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    rep = report(results, strata=[*strata, *POPULATION_STRATA], threshold=threshold)
+    rep["detector"] = name
+    rep["source"] = source
+    rep["not_analysed"] = {"count": len(skipped), "reasons": list(skipped)[:50]}
+    labels = np.array([r.positive for r in results])
+    scores = np.array([r.probability for r in results])
+    curves = {"all": (*roc_curve(labels, scores), roc_auc(labels, scores))}
+    negatives = [r for r in results if not r.positive]
+    for subtype in sorted({r.attributes.get("subtype", "") for r in results if r.positive}):
+        if not subtype:
+            continue
+        members = [r for r in results if r.positive and r.attributes.get("subtype") == subtype]
+        sub_labels = np.array([True] * len(members) + [False] * len(negatives))
+        sub_scores = np.array([r.probability for r in [*members, *negatives]])
+        curves[subtype] = (*roc_curve(sub_labels, sub_scores), roc_auc(sub_labels, sub_scores))
+    plot_roc(curves, out / f"{name}-roc.png", f"{name}: {source}")
+    rep["roc_png"] = f"{name}-roc.png"
+    rep["studies"] = [
+        {"study_instance_uid": r.study_instance_uid, "positive": r.positive,
+         "probability": round(r.probability, 5), "flagged": r.flagged, **r.attributes}
+        for r in results
+    ]
+    return rep
+
+
+# --- offline analysis of DICOM folders ---------------------------------------------------
+
+_HEAD_WORDS = re.compile(r"\b(head|brain|skull|cranial|cerebral)\b", re.IGNORECASE)
+_SPINE_WORDS = re.compile(r"\b(c-?spine|cervical|neck)\b", re.IGNORECASE)
+_HEAD_PARTS = {"HEAD", "BRAIN", "SKULL"}
+_SPINE_PARTS = {"CSPINE", "C-SPINE", "NECK", "SPINE"}
+
+
+def infer_region(volume: Volume) -> Region | None:
+    """Head or C-spine from Body Part Examined, else from the descriptions; None if unclear."""
+    part = str(volume.meta.get("body_part_examined") or "").upper()
+    if part in _HEAD_PARTS:
+        return Region.HEAD
+    if part in _SPINE_PARTS:
+        return Region.CSPINE
+    text = f"{volume.meta.get('study_description', '')} {volume.meta.get('series_description', '')}"
+    if _SPINE_WORDS.search(text):
+        return Region.CSPINE
+    if _HEAD_WORDS.search(text):
+        return Region.HEAD
+    return None
+
+
+@dataclass
+class SeriesAnalysis:
+    study_instance_uid: str
+    series_instance_uid: str
+    slices: int
+    slice_thickness_mm: float | None
+    results: dict[str, dict[str, Any]]  # detector → summary or {"not_analysed": reason}
+    error: str | None = None
+
+
+def analyze(paths: Iterable[Path], detectors: dict[str, Detector]) -> Iterator[SeriesAnalysis]:
+    """One :class:`SeriesAnalysis` per series found under ``paths``."""
+    for uid, files in sorted(find_series(paths).items()):
+        try:
+            volume = load_series(files)
+        except VolumeError as exc:
+            yield SeriesAnalysis("", uid, len(files), None, {}, error=str(exc))
+            continue
+        region = infer_region(volume)
+        results: dict[str, dict[str, Any]] = {}
+        for name, detector in detectors.items():
+            if region is not None and REGION_OF[name] is not region:
+                results[name] = {"not_analysed": f"series is {region.value}, detector is for "
+                                                 f"{REGION_OF[name].value}"}
+                continue
+            try:
+                results[name] = detector(volume).summary()
+            except NotEligibleError as exc:
+                results[name] = {"not_analysed": exc.reason}
+            except ModelError as exc:
+                results[name] = {"not_analysed": f"model error: {exc}"}
+        yield SeriesAnalysis(volume.study_instance_uid, uid, volume.shape[0],
+                             volume.meta.get("slice_thickness_mm"), results)

@@ -1,0 +1,191 @@
+"""Evaluation statistics: AUC with bootstrap CI, sensitivity/specificity with Wilson CIs, strata.
+
+Computed on studies the model never trained on: held-out synthetic seeds or a site's
+labelled DICOM folder.  Every figure comes with its count and a 95 % confidence interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054
+FINDING_STRATA = ("subtype", "size_band", "level")
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with tie correction); NaN if one class."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=float)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=float)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def auc_ci(labels: np.ndarray, scores: np.ndarray, *, resamples: int = 1000,
+           seed: int = 0) -> tuple[float, float, float]:
+    """AUC and its 95 % CI by stratified bootstrap (positives and negatives resampled apart)."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=float)
+    auc = roc_auc(labels, scores)
+    if math.isnan(auc):
+        return auc, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    pos, neg = scores[labels], scores[~labels]
+    values = []
+    for _ in range(resamples):
+        p = rng.choice(pos, len(pos))
+        n = rng.choice(neg, len(neg))
+        # fast AUC of the resample: P(p > n) + 0.5 P(p == n)
+        n_sorted = np.sort(n)
+        below = np.searchsorted(n_sorted, p, side="left")
+        equal = np.searchsorted(n_sorted, p, side="right") - below
+        values.append(float((below + 0.5 * equal).sum() / (len(p) * len(n))))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return auc, float(lo), float(hi)
+
+
+def wilson(successes: int, total: int) -> tuple[float, float, float]:
+    """Proportion and its 95 % Wilson score interval; NaNs when ``total`` is 0."""
+    if total == 0:
+        return float("nan"), float("nan"), float("nan")
+    p = successes / total
+    denom = 1 + Z95**2 / total
+    centre = (p + Z95**2 / (2 * total)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / total + Z95**2 / (4 * total**2)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def threshold_for_specificity(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
+    """Lowest threshold whose specificity on ``labels``/``scores`` is at least ``target``."""
+    labels = np.asarray(labels, dtype=bool)
+    negatives = np.sort(np.asarray(scores, dtype=float)[~labels])
+    if negatives.size == 0:
+        return 0.5
+    # at most floor((1 - target) * n) negatives may score >= threshold
+    allowed = math.floor((1 - target) * negatives.size + 1e-9)
+    index = negatives.size - allowed - 1
+    if index < 0:
+        return float(negatives[0])
+    return float(np.nextafter(negatives[index], np.inf))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False-positive and true-positive rates at every distinct threshold."""
+    labels = np.asarray(labels, dtype=bool)
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="mergesort")
+    tp = np.cumsum(labels[order])
+    fp = np.cumsum(~labels[order])
+    tpr = np.concatenate([[0.0], tp / max(1, labels.sum())])
+    fpr = np.concatenate([[0.0], fp / max(1, (~labels).sum())])
+    return fpr, tpr
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """One evaluated study: truth, score and the attributes used for strata."""
+
+    study_instance_uid: str
+    positive: bool
+    probability: float
+    flagged: bool
+    attributes: dict[str, str]
+
+
+def _metrics(items: Sequence[StudyResult], *, seed: int) -> dict[str, Any]:
+    labels = np.array([r.positive for r in items], dtype=bool)
+    scores = np.array([r.probability for r in items], dtype=float)
+    flagged = np.array([r.flagged for r in items], dtype=bool)
+    auc, lo, hi = auc_ci(labels, scores, seed=seed) if len(items) else (float("nan"),) * 3
+    sens = wilson(int((flagged & labels).sum()), int(labels.sum()))
+    spec = wilson(int((~flagged & ~labels).sum()), int((~labels).sum()))
+    ppv = wilson(int((flagged & labels).sum()), int(flagged.sum()))
+    return {
+        "n": len(items),
+        "positives": int(labels.sum()),
+        "auc": _round3(auc, lo, hi),
+        "sensitivity": _round3(*sens),
+        "specificity": _round3(*spec),
+        "ppv": _round3(*ppv),
+    }
+
+
+def _round3(value: float, lo: float, hi: float) -> dict[str, float | None]:
+    def r(v: float) -> float | None:
+        return None if math.isnan(v) else round(v, 4)
+
+    return {"value": r(value), "ci95": [r(lo), r(hi)]}  # type: ignore[dict-item]
+
+
+def report(results: Sequence[StudyResult], *, strata: Sequence[str], threshold: float,
+           seed: int = 0, min_points: float = 0.05) -> dict[str, Any]:
+    """Overall and stratified metrics; strata more than ``min_points`` below overall are listed.
+
+    Sensitivity is compared within positive-bearing strata, specificity within the others,
+    AUC where both classes are present.
+    """
+    overall = _metrics(results, seed=seed)
+    out: dict[str, Any] = {"threshold": threshold, "overall": overall, "strata": {}}
+    shortfalls = []
+    negatives = [r for r in results if not r.positive]
+    for attribute in strata:
+        # Finding strata (subtype, size band, level) describe positives only; each is
+        # compared against all negatives.  Population strata split both classes.
+        of_finding = attribute in FINDING_STRATA
+        groups: dict[str, list[StudyResult]] = defaultdict(list)
+        for r in results:
+            value = r.attributes.get(attribute)
+            if value and (r.positive or not of_finding):
+                groups[value].append(r)
+        table = {}
+        for value, members in sorted(groups.items()):
+            metrics = _metrics([*members, *negatives] if of_finding else members, seed=seed)
+            table[value] = metrics
+            for name in ("auc", "sensitivity", "specificity"):
+                base, mine = overall[name]["value"], metrics[name]["value"]
+                if base is not None and mine is not None and mine < base - min_points:
+                    shortfalls.append(f"{attribute}={value}: {name} {mine:.3f} vs {base:.3f}")
+        out["strata"][attribute] = table
+    out["strata_below_overall_by_more_than_5_points"] = shortfalls
+    return out
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path,
+             title: str) -> None:
+    """ROC curves (name → fpr, tpr, auc) as a PNG."""
+    import matplotlib  # noqa: PLC0415 - only evaluation needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.text(0.99, 0.02, "synthetic phantoms - not for clinical use", fontsize=6,
+            ha="right", va="bottom", transform=ax.transAxes, color="grey")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

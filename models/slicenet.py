@@ -1,0 +1,144 @@
+"""2.5-D slice network (MONAI ResNet) and the detector that aggregates its slice scores.
+
+Each resampled axial slice, with its neighbours and several HU windows as channels, gets a
+probability; the study probability is the highest slice probability, the location the run
+of slices around it above threshold.  The pooled network features form the vector used for
+out-of-distribution and drift monitoring.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from monai.networks.nets.resnet import ResNet
+from torch import nn
+
+from models.detector import Finding, ModelCard, NotEligibleError
+from models.preprocess import Prepared, prepare
+from models.volume import Volume
+
+DEFAULT_NETWORK: dict[str, Any] = {
+    "type": "monai.networks.nets.ResNet + linear head",
+    "block": "basic",
+    "layers": [1, 1, 1, 1],
+    "block_inplanes": [16, 32, 64, 128],
+    "conv1_t_size": 5,
+    "conv1_t_stride": 2,
+    "dropout": 0.2,
+}
+
+
+class SliceNet(nn.Module):
+    """MONAI ResNet backbone (2-D) + dropout + linear: one logit and a feature vector per slice."""
+
+    def __init__(self, in_channels: int, network: dict[str, Any]) -> None:
+        super().__init__()
+        planes = [int(v) for v in network["block_inplanes"]]
+        self.backbone = ResNet(
+            block=str(network["block"]),
+            layers=[int(v) for v in network["layers"]],
+            block_inplanes=planes,
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            conv1_t_size=int(network["conv1_t_size"]),
+            conv1_t_stride=int(network["conv1_t_stride"]),
+            num_classes=1,
+            feed_forward=False,
+        )
+        self.dropout = nn.Dropout(float(network.get("dropout", 0.0)))
+        self.head = nn.Linear(planes[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)
+        return self.head(self.dropout(features)).squeeze(-1), features
+
+
+def build_network(card: ModelCard) -> SliceNet:
+    return SliceNet(card.preprocessing.channels, card.network)
+
+
+def score_slices(net: SliceNet, slices: torch.Tensor, *, device: torch.device,
+                 batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Slice probabilities (S,) and features (S, F), without gradients."""
+    probs, feats = [], []
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+                if device.type == "cuda" else nullcontext())
+    with torch.inference_mode(), autocast:
+        for start in range(0, slices.shape[0], batch):
+            logits, features = net(slices[start : start + batch].to(device, non_blocking=True))
+            probs.append(torch.sigmoid(logits.float()).cpu())
+            feats.append(features.float().cpu())
+    return torch.cat(probs).numpy(), torch.cat(feats).numpy()
+
+
+def aggregate(probs: np.ndarray, threshold: float) -> tuple[float, int, tuple[int, int] | None]:
+    """Study probability, key slice and the run of slices around it above threshold."""
+    if probs.size == 0:
+        return 0.0, 0, None
+    # Mean of each slice with its better neighbour: one hot slice of noise counts less
+    # than two consecutive ones, which is how real lesions look.
+    padded = np.pad(probs, 1, mode="edge")
+    paired = np.maximum((padded[:-2] + probs) / 2, (padded[2:] + probs) / 2)
+    smoothed = np.maximum(paired, probs * 0.9)
+    key = int(np.argmax(smoothed))
+    study = float(smoothed[key])
+    if study < threshold:
+        return study, key, None
+    first = last = key
+    while first > 0 and smoothed[first - 1] >= threshold:
+        first -= 1
+    while last < probs.size - 1 and smoothed[last + 1] >= threshold:
+        last += 1
+    return study, key, (first, last)
+
+
+class SliceDetector:
+    """A :class:`models.detector.Detector` built from a card and its verified weights."""
+
+    def __init__(self, card: ModelCard, *, device: str = "cpu") -> None:
+        self.card = card
+        self.device = torch.device(device)
+        self.net = build_network(card)
+        state = torch.load(card.verified_weights(), map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state)
+        self.net.to(self.device).eval()
+
+    def eligibility(self, volume: Volume) -> str | None:
+        return self.card.eligibility.check(volume)
+
+    def prepare(self, volume: Volume) -> Prepared:
+        return prepare(volume, self.card.preprocessing)
+
+    def __call__(self, volume: Volume) -> Finding:
+        reason = self.eligibility(volume)
+        if reason is not None:
+            raise NotEligibleError(reason)
+        started = time.perf_counter()
+        prepared = self.prepare(volume)
+        prepared_at = time.perf_counter()
+        probs, feats = score_slices(self.net, prepared.slices, device=self.device)
+        scored_at = time.perf_counter()
+        study, key, run = aggregate(probs, self.card.threshold)
+        features = np.concatenate([feats.mean(axis=0), feats[key]]).astype(np.float32)
+        slice_range = z_range = None
+        if run is not None:
+            src = prepared.source_index
+            slice_range = (int(src[run[0]]), int(src[run[1]]))
+            z_range = (float(prepared.z_mm[run[0]]), float(prepared.z_mm[run[1]]))
+        return Finding(
+            detector=self.card.name,
+            model_version=self.card.version,
+            probability=study,
+            threshold=self.card.threshold,
+            flagged=run is not None,
+            slice_range=slice_range,
+            z_range_mm=z_range,
+            key_slice=int(prepared.source_index[key]),
+            slice_probabilities=tuple(float(p) for p in probs),
+            features=features,
+            timings_s={"preprocess": prepared_at - started, "inference": scored_at - prepared_at},
+        )

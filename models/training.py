@@ -1,0 +1,376 @@
+"""Training of a slice detector on synthetic phantoms (or on any cache of labelled volumes).
+
+1. ``build_cache`` generates studies for a range of seeds, prepares them exactly as the
+   detector will at inference (:func:`models.preprocess.prepare`) and stores the cropped HU
+   and per-slice labels, one ``.npz`` per study.
+2. ``train`` samples slices (every positive slice, negatives at a fixed ratio), applies
+   light augmentation, optimises the 2.5-D network, keeps the epoch with the best
+   validation AUC, sets the threshold at the target specificity on the validation studies
+   and writes the weights, their sha256 and ``metadata.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+from torch import nn
+
+from models.definition import Definition, eligibility_json
+from models.detector import INTENDED_USE, ModelCard, sha256_file
+from models.evaluation import roc_auc, threshold_for_specificity
+from models.preprocess import Preprocessing, prepare, window_channels
+from models.slicenet import SliceNet, aggregate
+from models.synthetic.generate import generate
+from models.synthetic.sampling import sample_case
+from models.synthetic.spec import Region
+
+logger = logging.getLogger(__name__)
+
+#: Seed ranges: training, validation (threshold choice) and held-out test never overlap.
+TRAIN_SEEDS = 100_000
+VALIDATION_SEEDS = 500_000
+TEST_SEEDS = 900_000
+
+
+@dataclass(frozen=True)
+class CachedStudy:
+    case_id: str
+    hu: np.ndarray  # int16 (S, H, W)
+    positive: np.ndarray  # bool (S,) slices showing the detector's finding
+    label: bool
+    labels: dict[str, Any]
+
+
+def slice_labels(case_positive: np.ndarray, case_z: np.ndarray, target_z: np.ndarray,
+                 half_width: float) -> np.ndarray:
+    """A resampled slice is positive when an original positive slice lies within it."""
+    if not case_positive.any():
+        return np.zeros(target_z.shape[0], dtype=bool)
+    pos_z = case_z[case_positive]
+    return np.asarray(np.abs(target_z[:, None] - pos_z[None, :]).min(axis=1) <= half_width)
+
+
+def _cache_one(args: tuple[int, str, str, dict[str, dict[str, Any]], int]) -> list[str]:
+    seed, region, root, preps, max_slices = args
+    torch.set_num_threads(1)
+    case = generate(sample_case(seed, Region(region), max_slices=max_slices))
+    volume = case.volume()
+    case_z = volume.origin_mm[2] + np.arange(volume.shape[0]) * volume.spacing_mm[0]
+    written = []
+    for name, prep_json in preps.items():
+        finding = prep_json.pop("_finding")
+        cfg = Preprocessing.from_json(prep_json)
+        prepared = prepare(volume, cfg)
+        half = max(cfg.target_spacing_mm[0], volume.spacing_mm[0]) / 2
+        mine = case.slice_positive if case.finding == finding else np.zeros_like(
+            case.slice_positive)
+        positive = slice_labels(mine, case_z, prepared.z_mm, half)
+        out = Path(root) / name / f"{case.labels['case_id']}.npz"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            out,
+            hu=np.clip(prepared.hu.numpy(), -1024, 3071).astype(np.int16),
+            positive=positive,
+            label=np.array(case.finding == finding),
+            labels=np.array(json.dumps(case.labels)),
+        )
+        written.append(str(out))
+        prep_json["_finding"] = finding
+    return written
+
+
+def build_cache(
+    definitions: Sequence[Definition],
+    seeds: Sequence[int],
+    root: Path,
+    *,
+    workers: int = 2,
+    max_slices: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Generate and prepare ``seeds`` for every definition (all of the same region)."""
+    regions = {d.region for d in definitions}
+    if len(regions) != 1:
+        raise ValueError("cache definitions of one region at a time")
+    region = regions.pop()
+    preps = {d.name: {**d.preprocessing.to_json(), "_finding": d.finding} for d in definitions}
+    todo = [s for s in seeds if not all(
+        (root / d.name / f"{region.value}-{s:07d}.npz").exists() for d in definitions)]
+    jobs = [(s, region.value, str(root), preps, max_slices) for s in todo]
+    done = len(seeds) - len(todo)
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        for _ in pool.map(_cache_one, jobs, chunksize=1):
+            done += 1
+            if progress is not None:
+                progress(done, len(seeds))
+
+
+def load_cache(folder: Path, seeds: Sequence[int], region: Region) -> list[CachedStudy]:
+    studies = []
+    for seed in seeds:
+        path = folder / f"{region.value}-{seed:07d}.npz"
+        with np.load(path) as data:
+            labels = json.loads(str(data["labels"]))
+            studies.append(CachedStudy(
+                case_id=labels["case_id"], hu=data["hu"], positive=data["positive"],
+                label=bool(data["label"]), labels=labels,
+            ))
+    return studies
+
+
+class SliceSampler:
+    """Balanced batches of 2.5-D slices with light augmentation."""
+
+    def __init__(self, studies: Sequence[CachedStudy], cfg: Preprocessing, *,
+                 negative_ratio: float, rng: np.random.Generator) -> None:
+        self.studies = studies
+        self.cfg = cfg
+        self.rng = rng
+        self.positives = [(i, s) for i, st in enumerate(studies)
+                          for s in np.nonzero(st.positive)[0]]
+        self.negatives = [(i, s) for i, st in enumerate(studies)
+                          for s in np.nonzero(~st.positive)[0]]
+        self.negative_ratio = negative_ratio
+
+    def epoch(self, batch: int) -> list[list[tuple[int, int, bool]]]:
+        n_neg = min(len(self.negatives), int(len(self.positives) * self.negative_ratio))
+        neg_idx = self.rng.choice(len(self.negatives), n_neg, replace=False)
+        items = [(i, s, True) for i, s in self.positives]
+        items += [(*self.negatives[k], False) for k in neg_idx]
+        order = self.rng.permutation(len(items))
+        return [[items[k] for k in order[start : start + batch]]
+                for start in range(0, len(order), batch)]
+
+    def tensors(self, items: Sequence[tuple[int, int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.cfg.context_slices
+        stacks = []
+        for study_index, slice_index, _ in items:
+            hu = self.studies[study_index].hu
+            idx = np.clip(np.arange(slice_index - k, slice_index + k + 1), 0, hu.shape[0] - 1)
+            block = hu[idx].astype(np.float32)
+            if self.rng.random() < 0.5:
+                block = block[:, :, ::-1]  # left-right: findings occur on both sides
+            dy, dx = self.rng.integers(-8, 9, 2)
+            block = np.roll(block, (int(dy), int(dx)), axis=(1, 2))
+            block = block + np.float32(self.rng.normal(0, 2.0))
+            stacks.append(np.ascontiguousarray(block))
+        hu_t = torch.from_numpy(np.stack(stacks))  # (B, 2k+1, H, W)
+        b, n, h, w = hu_t.shape
+        # window each neighbour and order channels as prepare() does: neighbour-major
+        windowed = window_channels(hu_t.reshape(b * n, h, w), self.cfg.windows, 0)
+        windowed = windowed.reshape(b, n * len(self.cfg.windows), h, w)
+        target = torch.tensor([float(p) for _, _, p in items])
+        return windowed, target
+
+
+def study_scores(net: SliceNet, studies: Sequence[CachedStudy], cfg: Preprocessing,
+                 device: torch.device, threshold: float = 0.5) -> np.ndarray:
+    net.eval()
+    scores = []
+    with torch.inference_mode():
+        for study in studies:
+            hu = torch.from_numpy(study.hu.astype(np.float32))
+            slices = window_channels(hu, cfg.windows, cfg.context_slices)
+            probs = []
+            for start in range(0, slices.shape[0], 64):
+                logits, _ = net(slices[start : start + 64].to(device))
+                probs.append(torch.sigmoid(logits).cpu())
+            prob, _, _ = aggregate(torch.cat(probs).numpy(), threshold)
+            scores.append(prob)
+    return np.asarray(scores)
+
+
+@dataclass
+class TrainResult:
+    card_path: Path
+    validation_auc: float
+    threshold: float
+    validation_sensitivity: float
+    validation_specificity: float
+    history: list[dict[str, float]]
+
+
+def train(
+    definition: Definition,
+    cache_root: Path,
+    *,
+    train_seeds: Sequence[int],
+    val_seeds: Sequence[int],
+    out_folder: Path,
+    epochs: int = 8,
+    batch: int = 32,
+    lr: float = 2e-3,
+    negative_ratio: float = 2.0,
+    device: str = "cpu",
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``definition`` on cached studies and write weights + metadata.json."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dev = torch.device(device)
+    cfg = definition.preprocessing
+    folder = cache_root / definition.name
+    train_set = load_cache(folder, train_seeds, definition.region)
+    val_set = load_cache(folder, val_seeds, definition.region)
+    sampler = SliceSampler(train_set, cfg, negative_ratio=negative_ratio, rng=rng)
+    log(f"{definition.name}: {len(train_set)} training studies "
+        f"({sum(s.label for s in train_set)} positive), {len(sampler.positives)} positive "
+        f"slices; {len(val_set)} validation studies ({sum(s.label for s in val_set)} positive)")
+    net = SliceNet(cfg.channels, definition.network).to(dev)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(sampler.positives) * (1 + negative_ratio) / batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
+    loss_fn = nn.BCEWithLogitsLoss()
+    val_labels = np.array([s.label for s in val_set])
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    history: list[dict[str, float]] = []
+    started = time.monotonic()
+    for epoch in range(1, epochs + 1):
+        net.train()
+        losses = []
+        for items in sampler.epoch(batch):
+            x, y = sampler.tensors(items)
+            logits, _ = net(x.to(dev))
+            loss = loss_fn(logits, y.to(dev))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if schedule.last_epoch < steps - 1:
+                schedule.step()
+            losses.append(loss.item())
+        scores = study_scores(net, val_set, cfg, dev)
+        auc = roc_auc(val_labels, scores)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_auc": auc,
+                        "minutes": (time.monotonic() - started) / 60})
+        log(f"epoch {epoch}/{epochs}: loss {np.mean(losses):.4f}, validation AUC {auc:.4f} "
+            f"({(time.monotonic() - started) / 60:.1f} min)")
+        if best is None or auc > best[0]:
+            best = (auc, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+    if best is None:
+        raise ValueError("epochs must be at least 1")
+    net.load_state_dict(best[1])
+    scores = study_scores(net, val_set, cfg, dev)
+    threshold = threshold_for_specificity(val_labels, scores, definition.target_specificity)
+    sens = float((scores[val_labels] >= threshold).mean()) if val_labels.any() else 0.0
+    spec = float((scores[~val_labels] < threshold).mean()) if (~val_labels).any() else 0.0
+    weights = out_folder / "weights" / "model.pt"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(best[1], weights)
+    card = card_json(
+        definition,
+        threshold=threshold,
+        weights_sha256=sha256_file(weights),
+        training={
+            "data": (f"synthetic phantoms from models.synthetic, seeds {train_seeds[0]}-"
+                     f"{train_seeds[-1]} ({len(train_set)} studies); validation seeds "
+                     f"{val_seeds[0]}-{val_seeds[-1]} ({len(val_set)} studies)"),
+            "positives_train": int(sum(s.label for s in train_set)),
+            "epochs": epochs,
+            "batch": batch,
+            "learning_rate": lr,
+            "negative_ratio": negative_ratio,
+            "device": device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+            "host": platform.node(),
+            "minutes": round((time.monotonic() - started) / 60, 1),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+            "history": history,
+        },
+        validation={
+            "auc": round(best[0], 4),
+            "sensitivity": round(sens, 4),
+            "specificity": round(spec, 4),
+            "studies": len(val_set),
+        },
+    )
+    card_path = out_folder / "metadata.json"
+    previous = json.loads(card_path.read_text()) if card_path.exists() else {}
+    if "performance" in previous:
+        card["performance"] = previous["performance"]  # kept until the next evaluation
+        card["performance"]["stale"] = True
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    ModelCard.read(out_folder).verified_weights()  # the card we wrote must load
+    return TrainResult(card_path, best[0], threshold, sens, spec, history)
+
+
+def card_json(definition: Definition, *, threshold: float, weights_sha256: str,
+              training: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
+    """metadata.json: MONAI bundle metadata keys plus ours."""
+    cfg = definition.preprocessing
+    return {
+        "schema": "triage-detector/1",
+        "name": definition.name,
+        "version": "0.1.0",
+        "changelog": {"0.1.0": "first release; trained on synthetic phantoms only"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": np.__version__,
+        "required_packages_version": {"highdicom": "0.28.2", "pydicom": "3.0.2"},
+        "task": definition.task,
+        "description": definition.description,
+        "authors": "CT triage project contributors",
+        "copyright": "Apache-2.0",
+        "intended_use": INTENDED_USE,
+        "synthetic_training_data_only": True,
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "hounsfield",
+                    "modality": "CT",
+                    "num_channels": cfg.channels,
+                    "spatial_shape": list(cfg.crop),
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": {
+                        str(i): f"slice {n - cfg.context_slices:+d}, window {c:g}/{w:g}"
+                        for i, (n, (c, w)) in enumerate(
+                            (n, win) for n in range(2 * cfg.context_slices + 1)
+                            for win in cfg.windows)
+                    },
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "probabilities",
+                    "format": "classes",
+                    "num_channels": 1,
+                    "spatial_shape": [1],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": {"0": definition.finding},
+                }
+            },
+        },
+        "network": definition.network,
+        "preprocessing": cfg.to_json(),
+        "aggregation": {"method": "max of neighbour-smoothed slice probabilities"},
+        "threshold": round(float(threshold), 6),
+        "operating_point": {
+            "rule": f"specificity >= {definition.target_specificity} on the validation studies",
+            **validation,
+        },
+        "weights": {"file": "weights/model.pt", "sha256": weights_sha256},
+        "eligibility": eligibility_json(definition.eligibility),
+        "training": training,
+    }
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1))
