@@ -6,12 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test check lint typecheck contracts pytest system-deps venv bench clean
+.PHONY: run test check lint typecheck contracts pytest system-deps test-deps venv bench clean
 
 run: system-deps venv
 	$(VENV)/bin/triage up
 
-test: system-deps venv check pytest
+test: system-deps test-deps venv check pytest
 
 # Debian packages the service and its tests use as real peers; installed only when missing.
 system-deps:
@@ -23,6 +23,24 @@ system-deps:
 	  echo "Installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# Peers only the tests use: Orthanc as the PACS that receives our DICOM SR/KOS, Chromium and
+# its driver for the worklist page.  Debian starts an Orthanc service listening on all
+# interfaces on install; it is stopped and disabled again (the tests run their own Orthanc in
+# a private network namespace).
+test-deps:
+	@missing=""; \
+	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing test peers:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  case "$$missing" in *orthanc*) \
+	    $(SUDO) systemctl disable --now orthanc 2>/dev/null || \
+	    $(SUDO) service orthanc stop 2>/dev/null || true;; esac; \
 	fi
 
 venv: $(VENV)/.installed

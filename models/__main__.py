@@ -31,17 +31,23 @@ def definition(name: str) -> Definition:
 
 
 def progress_printer(label: str) -> Any:
+    """Progress on stderr: one rewritten line on a terminal, a line every 30 s in a log file."""
     started = time.monotonic()
     last = [0.0]
+    tty = sys.stderr.isatty()
+    every = 2.0 if tty else 30.0
 
     def show(done: int, total: int) -> None:
         now = time.monotonic()
-        if done == total or now - last[0] >= 2.0:
+        if done == total or now - last[0] >= every:
             last[0] = now
             rate = done / max(1e-6, now - started)
             eta = (total - done) / max(rate, 1e-6)
-            print(f"\r{label}: {done}/{total} ({rate:.2f}/s, about {eta / 60:.1f} min left)",
-                  end="\n" if done == total else "", file=sys.stderr, flush=True)
+            text = f"{label}: {done}/{total} ({rate:.2f}/s, about {eta / 60:.1f} min left)"
+            if tty:
+                print(f"\r{text}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+            else:
+                print(text, file=sys.stderr, flush=True)
 
     return show
 

@@ -152,6 +152,16 @@ def _dedupe(datasets: list[Dataset]) -> list[Dataset]:
     return kept
 
 
+def _uids_by_slice(images: Sequence[Dataset], z0: float, dz: float, n: int) -> list[str]:
+    """SOP Instance UID of each slice of the volume (index 0 = most inferior), "" if none."""
+    uids = [""] * n
+    for ds in images:
+        index = round((float(ds.ImagePositionPatient[2]) - z0) / dz) if dz else 0
+        if 0 <= index < n:
+            uids[index] = str(ds.SOPInstanceUID)
+    return uids
+
+
 def load_series(paths: Sequence[Path]) -> Volume:
     """Read one series into a :class:`Volume`.
 
@@ -195,6 +205,7 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
     first = images[0]
     meta = header_meta(first)
     meta["n_slices"] = int(hu.shape[0])
+    meta["sop_instance_uids"] = _uids_by_slice(images, position[2], spacing[0], hu.shape[0])
     return Volume(
         hu=hu,
         spacing_mm=(spacing[0], spacing[1], spacing[2]),

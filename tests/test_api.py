@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydicom import dcmread
 
 from tests.dicom_factory import write_series
 from triage.api import create_app
@@ -75,7 +76,7 @@ def test_worklist_shows_every_state_and_no_patient_data(
     head_job = next(r.job_id for r in ready if r.job_id and r.instance_count == 20)
     claim = ledger.claim(head_job, owner="w:1")
     assert isinstance(claim, Claim)
-    ledger.complete(claim, {"summary": "received 20 slices"})
+    ledger.complete(claim, {"summary": "hemorrhage 0.10", "findings": []})
 
     body = TestClient(create_app(settings, db)).get("/api/worklist").json()
     assert "not for diagnosis" in body["ai_notice"]
@@ -83,11 +84,12 @@ def test_worklist_shows_every_state_and_no_patient_data(
     assert len(studies) == 4
     assert studies[0]["stat"] is True and studies[0]["state"] == "QUEUED"
     states = sorted(s["state"] for s in studies)
-    assert states == ["DONE", "NOT_ANALYSED", "QUEUED", "RECEIVING"]
+    assert states == ["NOT_ANALYSED", "NO_FINDINGS", "QUEUED", "RECEIVING"]
     not_analysed = next(s for s in studies if s["state"] == "NOT_ANALYSED")
     assert "CHEST" in not_analysed["series"][0]["reason"]
-    done = next(s for s in studies if s["state"] == "DONE")
-    assert done["series"][0]["result"] == {"summary": "received 20 slices"}
+    done = next(s for s in studies if s["state"] == "NO_FINDINGS")
+    assert done["series"][0]["result"]["summary"] == "hemorrhage 0.10"
+    assert [s["priority"] for s in studies[:1]] == ["MEDIUM"]  # STAT, nothing flagged
     text = str(body)
     for phi in ("Phantom", "PHANTOM-1", "19700101", "ACC1"):
         assert phi not in text
@@ -97,3 +99,86 @@ def test_openapi_is_served(settings: Settings, sqlite_db: Database) -> None:
     client = TestClient(create_app(settings, sqlite_db))
     assert "/api/worklist" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def _result(probability: float, flagged: bool, preview: str | None = None) -> dict[str, object]:
+    return {
+        "summary": f"hemorrhage {probability}",
+        "findings": [{
+            "detector": "hemorrhage", "finding": "intracranial hemorrhage",
+            "probability": probability, "threshold": 0.5, "flagged": flagged,
+            "model_name": "hemorrhage", "model_version": "0.1.0",
+            "slice_range": [10, 14] if flagged else None, "key_slice": 12, "slices": 20,
+            "key_sop_instance_uid": None, "preview": preview,
+        }],
+    }
+
+
+def test_flagged_study_sorts_first_and_feedback_round_trips(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    store = Store(settings.spool, db)
+    ledger = JobLedger(db)
+    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    stage(store, tmp_path / "stat", 20, priority="STAT")  # ordered STAT, nothing found
+    stage(store, tmp_path / "old", 20)  # waiting longest, nothing found
+    stage(store, tmp_path / "bleed", 20)  # the newest, flagged
+    jobs = sorted((r for r in assembler.sweep(now=time.time() + 60) if r.job_id),
+                  key=lambda r: r.series_instance_uid)
+    by_series = {r.series_instance_uid: r.job_id for r in jobs}
+    results = {}
+    for folder, probability, flagged in (("stat", 0.2, False), ("old", 0.1, False),
+                                         ("bleed", 0.97, True)):
+        uid = str(dcmread(next((tmp_path / folder).glob("*.dcm"))).SeriesInstanceUID)
+        claim = ledger.claim(str(by_series[uid]), owner="w:1")
+        assert isinstance(claim, Claim)
+        preview = "hemorrhage.png" if flagged else None
+        if preview:
+            png = settings.data_dir / "previews" / claim.job_id / preview
+            png.parent.mkdir(parents=True)
+            png.write_bytes(b"\x89PNG\r\n\x1a\n fake")
+        ledger.complete(claim, _result(probability, flagged, preview))
+        results[folder] = claim.study_instance_uid
+
+    client = TestClient(create_app(settings, db))
+    studies = client.get("/api/worklist").json()["studies"]
+    order = [s["study_instance_uid"] for s in studies]
+    assert order == [results["bleed"], results["stat"], results["old"]]
+    top = studies[0]
+    assert (top["state"], top["priority"], top["severity"]) == ("FLAGGED", "HIGH", 3)
+    assert top["findings"][0]["slice_range"] == [10, 14]
+    assert [s["priority"] for s in studies] == ["HIGH", "MEDIUM", "LOW"]
+    # filters
+    only = client.get("/api/worklist", params={"finding": "hemorrhage"}).json()["studies"]
+    assert [s["study_instance_uid"] for s in only] == [results["bleed"]]
+    assert len(client.get("/api/worklist", params=[("state", "NO_FINDINGS")]).json()[
+        "studies"]) == 2
+    # preview served, other paths refused
+    png = client.get(top["findings"][0]["preview"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert client.get(f"/api/studies/{results['bleed']}/previews/x/../../index.sqlite3"
+                      ).status_code == 404
+    # feedback round trip
+    uid = results["bleed"]
+    posted = client.post(f"/api/studies/{uid}/feedback",
+                         json={"detector": "hemorrhage", "verdict": "agree",
+                               "comment": "subdural, left"})
+    assert posted.status_code == 201, posted.text
+    assert posted.json()["ai_flagged"] is True and posted.json()["model_version"] == "0.1.0"
+    detail = client.get(f"/api/studies/{uid}").json()
+    assert [(f["verdict"], f["comment"]) for f in detail["feedback"]] == [
+        ("agree", "subdural, left")]
+    assert "not for diagnosis" in detail["ai_notice"]
+    assert client.post(f"/api/studies/{uid}/feedback",
+                       json={"detector": "stroke", "verdict": "agree"}).status_code == 409
+    assert client.post("/api/studies/1.2.3/feedback",
+                       json={"detector": "hemorrhage", "verdict": "agree"}).status_code == 404
+    assert client.post(f"/api/studies/{uid}/feedback",
+                       json={"detector": "hemorrhage", "verdict": "maybe"}).status_code == 422
+    assert client.get("/api/studies/1.2.3").status_code == 404
+
+
+def test_worklist_page_is_served(settings: Settings, sqlite_db: Database) -> None:
+    page = TestClient(create_app(settings, sqlite_db)).get("/")
+    assert page.status_code == 200
+    assert "not for diagnosis" in page.text and "/api/worklist" in page.text

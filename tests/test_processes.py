@@ -22,6 +22,7 @@ from pynetdicom import AE
 
 from tests.conftest import Proc, RunningListener, free_port, triage_argv, wait_for
 from tests.dicom_factory import series_uids, write_series
+from tests.synthetic_studies import write_head_study
 from triage.db import Database, jobs, series
 
 pytestmark = pytest.mark.integration
@@ -54,22 +55,26 @@ def test_triage_up_runs_the_whole_service_with_a_private_redis(
              what="readyz")  # the private Redis answers
     up.wait_output("ready.", 60)  # the worker
     assert (tmp_path / "var" / "redis").is_dir()
-    paths = write_series(tmp_path / "head", 24)
+    paths = write_head_study(tmp_path / "head", hemorrhage=True)
     sent = subprocess.run(["storescu", "-aec", "TRIAGE", "+sd", "127.0.0.1", str(dicom_port),
                            str(tmp_path / "head")], env=DCMTK_ENV, capture_output=True,
                           timeout=60)
     assert sent.returncode == 0, sent.stderr
 
-    def done() -> Any:
+    def flagged() -> Any:
         body = http_json(f"{base}/api/worklist")
-        return body and body["studies"] and body["studies"][0]["state"] == "DONE" and body
+        return body and body["studies"] and body["studies"][0]["state"] == "FLAGGED" and body
 
-    body = wait_for(done, 90, interval=0.5, what="study analysed")
+    body = wait_for(flagged, 120, interval=0.5, what="study flagged")
     (study,) = body["studies"]
     assert study["study_instance_uid"] == series_uids(paths)[0]
+    assert study["priority"] == "HIGH"
     (item,) = study["series"]
     assert item["ready_trigger"] == "release"
-    assert item["result"]["summary"] == "received 24 slices, volume shape (24, 32, 32)"
+    top = study["findings"][0]
+    assert top["detector"] == "hemorrhage" and top["flagged"]
+    with urllib.request.urlopen(base + top["preview"], timeout=10) as response:
+        assert response.headers["content-type"] == "image/png"
     # The supervisor stops everything on SIGTERM and exits cleanly.
     up.popen.send_signal(signal.SIGTERM)
     assert up.popen.wait(60) == 0

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pydicom import dcmread
 
 from tests.conftest import Proc, wait_for, worker_argv
 from tests.dicom_factory import write_series
+from tests.synthetic_studies import write_head_study
 from triage.assembly import Assembler
 from triage.config import DEFAULT_RULES_FILE, Settings, load_settings
 from triage.db import Database, jobs
@@ -42,6 +44,9 @@ class Rig:
               **series_kwargs: Any) -> str:
         """Store a series, complete it and return its job id (not yet published)."""
         paths = write_series(self.tmp / f"src-{time.monotonic_ns()}", count, **series_kwargs)
+        return self.stage_paths(paths, rules=rules)
+
+    def stage_paths(self, paths: list[Path], *, rules: RoutingRules | None = None) -> str:
         for path in paths:
             copy = self.store.incoming_dir / (path.name + ".in")
             shutil.copyfile(path, copy)
@@ -92,19 +97,40 @@ def start_worker(spawn: Callable[..., Proc], rig: Rig, **extra_env: str) -> Proc
     return proc
 
 
-def test_job_completes_through_a_real_worker(spawn: Callable[..., Proc], rig: Rig) -> None:
-    job_id = rig.stage(20)
+def test_job_runs_the_detectors_in_a_real_worker(spawn: Callable[..., Proc], rig: Rig) -> None:
+    paths = write_head_study(rig.tmp / "bleed", hemorrhage=True)
+    job_id = rig.stage_paths(paths)
     start_worker(spawn, rig)
     rig.ledger.publish_pending(rig.publish)
-    view = rig.wait_state(job_id, JobState.DONE)
+    view = rig.wait_state(job_id, JobState.DONE, 120)
     assert view.attempts == 1
     assert view.result is not None
-    assert view.result["summary"] == "received 20 slices, volume shape (20, 32, 32)"
-    assert view.result["volume"]["hu_min"] >= -1024
+    findings = {f["detector"]: f for f in view.result["findings"]}
+    assert set(findings) == {"hemorrhage", "stroke"}  # what the default rules route
+    bleed = findings["hemorrhage"]
+    assert bleed["flagged"] and bleed["probability"] >= bleed["threshold"]
+    assert bleed["model_version"] == "0.1.0" and len(bleed["weights_sha256"]) == 64
+    uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+    assert bleed["key_sop_instance_uid"] in uids
+    assert len(bleed["features"]) == 256
+    preview = rig.settings.data_dir / "previews" / job_id / bleed["preview"]
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert view.result["volume"]["slices"] == len(paths)
     # a duplicate delivery is a no-op
     rig.publish(JobMessage(job_id, QueueName.ROUTINE))
     time.sleep(2)
     assert rig.job(job_id).attempts == 1
+
+
+def test_ineligible_series_is_not_analysed_with_the_reason(spawn: Callable[..., Proc],
+                                                           rig: Rig) -> None:
+    job_id = rig.stage(20)  # 20 slices of 32x32: too little head coverage for the detectors
+    start_worker(spawn, rig)
+    rig.ledger.publish_pending(rig.publish)
+    view = rig.wait_state(job_id, JobState.DONE, 120)
+    assert view.result is not None and view.result["findings"] == []
+    assert "hemorrhage:" in view.result["not_analysed"]
+    assert "stroke:" in view.result["not_analysed"]
 
 
 def _owner_pid(view: JobView, rig: Rig) -> int:

@@ -30,6 +30,8 @@ def test_unsorted_files_give_an_ordered_volume(tmp_path: Path) -> None:
     assert volume.origin_mm[2] == pytest.approx(0.0)
     for index, path in enumerate(paths):  # inferior → superior = instance order here
         assert np.array_equal(volume.hu[index], hu_of(path))
+        # each slice knows its instance (for key images in SR/KOS and the worklist preview)
+        assert volume.meta["sop_instance_uids"][index] == dcmread(path).SOPInstanceUID
     assert volume.meta["body_part_examined"] == "HEAD"
     assert volume.meta["slice_thickness_mm"] == 2.0
 

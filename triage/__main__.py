@@ -138,6 +138,28 @@ def cmd_listen(settings: Settings) -> int:
     return 0
 
 
+def cmd_outputs(settings: Settings) -> int:
+    """Flags back to the site: SR/KOS to PACS, HL7 ORU, the UPS SCP; retried, in order."""
+    from triage.db import Database
+    from triage.outputs.process import OutputsProcess
+
+    db = Database(settings.db_url)
+    db.create_schema()
+    process = OutputsProcess(settings, db)
+    try:
+        process.start()
+    except OSError as exc:
+        db.dispose()
+        raise TriageError(f"cannot start the UPS SCP on port {settings.ups_port}: "
+                          f"{exc.strerror}") from exc
+    try:
+        _wait_for_signal()
+    finally:
+        process.stop()
+        db.dispose()
+    return 0
+
+
 def cmd_web(settings: Settings) -> int:
     """The web process: worklist API, health and readiness."""
     import uvicorn
@@ -157,6 +179,25 @@ def cmd_web(settings: Settings) -> int:
     logger.info("Web UI and API on http://%s:%d", settings.web_host, settings.web_port)
     uvicorn.run(app, host=settings.web_host, port=settings.web_port,
                 log_level=settings.log_level.lower(), access_log=False)
+    return 0
+
+
+def cmd_users_add(settings: Settings, args: argparse.Namespace) -> int:
+    """Create or update a web user in the users file (scrypt hash, file mode 0600)."""
+    import getpass
+
+    from triage.auth import add_user
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError("the passwords differ")
+    path = settings.users_file
+    assert path is not None  # derived by Settings
+    add_user(path, args.name, args.role, password)
+    print(f"{args.name} ({args.role}) saved in {path}; restart `triage web`/`triage up`")
     return 0
 
 
@@ -304,6 +345,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("listen", parents=[common, dicom, infra],
                    help="DICOM listener with study assembly")
     sub.add_parser("web", parents=[common, web, infra], help="worklist web UI and API")
+    sub.add_parser("outputs", parents=[common, infra],
+                   help="send results to PACS (SR/KOS), RIS (HL7) and UPS subscribers")
     worker = sub.add_parser("worker", parents=[common, infra], help="Celery analysis worker")
     worker.add_argument("-Q", "--queues", default="stat,routine")
     worker.add_argument("-c", "--concurrency", type=int)
@@ -328,6 +371,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="detectors: list | train | eval | synthetic … (see `triage models -h`)")
     sub.add_parser("analyze", add_help=False,
                    help="run the detectors on DICOM folders (see `triage analyze -h`)")
+    users = sub.add_parser("users", help="web UI users (login is required off loopback)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = users_sub.add_parser("add", parents=[common],
+                               help="create a user or set a new password (asks for it)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["radiologist", "admin"], default="radiologist")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input (for scripts)")
     rules = sub.add_parser("rules", help="routing rules tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", parents=[common], help="validate a rules file")
@@ -360,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_listen(settings)
             case "web":
                 return cmd_web(settings)
+            case "outputs":
+                return cmd_outputs(settings)
             case "worker":
                 return cmd_worker(settings, args.queues, args.concurrency)
             case "send":
@@ -368,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_echo(settings, args)
             case "demo":
                 return cmd_demo(settings, args)
+            case "users":
+                return cmd_users_add(settings, args)
             case "rules":
                 return cmd_rules_check(settings, args.file)
     except ConfigError as exc:

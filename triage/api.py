@@ -1,25 +1,65 @@
-"""HTTP API: health and readiness probes and the worklist (JSON, OpenAPI at /docs)."""
+"""HTTP API and web page: probes, the prioritized worklist, study detail, previews, feedback.
+
+OpenAPI at /docs.  AI output is labelled as such in every response.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import html
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs
 
-from fastapi import FastAPI, Query
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from triage import __version__
+from triage import __version__, reports
+from triage.auth import SessionSigner, User, UserDirectory, is_loopback, load_secret
 from triage.config import Settings
 from triage.db import Database
-from triage.domain import QueueName, WorkState
+from triage.domain import Priority, QueueName, WorkState
+from triage.errors import ConfigError
+from triage.feedback import FeedbackError, Verdict, list_feedback, record_feedback
 from triage.worklist import list_studies
+
+AI_NOTICE = ("AI triage output: not for diagnosis. Bundled models were trained on synthetic "
+             "phantoms only. Every study stays on the list.")
+PAGE = Path(__file__).parent / "web" / "index.html"
+SESSION_COOKIE = "triage_session"
+_PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout"})
+_JOB_ID = re.compile(r"^[0-9a-f-]{36}$")
+_PREVIEW = re.compile(r"^[a-z_]{1,32}\.png$")
 
 logger = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], None]
+
+
+class FindingOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    detector: str
+    finding: str
+    probability: float = Field(description="AI score 0..1 (not a diagnosis)")
+    threshold: float
+    flagged: bool
+    severity: int
+    model_name: str
+    model_version: str
+    series_instance_uid: str
+    slice_range: tuple[int, int] | None = Field(
+        description="first and last flagged slice, 0-based from inferior to superior")
+    key_slice: int | None
+    slices: int | None
+    key_sop_instance_uid: str | None
+    preview: str | None = Field(description="URL of the AI-generated key-slice preview (PNG)")
 
 
 class SeriesOut(BaseModel):
@@ -40,6 +80,7 @@ class SeriesOut(BaseModel):
     result: dict[str, Any] | None
     received_at: AwareDatetime = Field(description="first instance received (UTC)")
     last_received_at: AwareDatetime
+    findings: list[FindingOut]
 
 
 class StudyOut(BaseModel):
@@ -53,14 +94,53 @@ class StudyOut(BaseModel):
     instance_count: int
     received_at: AwareDatetime = Field(description="first instance received (UTC)")
     last_received_at: AwareDatetime
+    priority: Priority = Field(description="HIGH: AI flag; MEDIUM: ordered STAT; LOW: other")
+    severity: int
+    findings: list[FindingOut] = Field(description="flagged first, then by score")
     series: list[SeriesOut]
 
 
 class WorklistOut(BaseModel):
-    ai_notice: str = Field(
-        default="AI triage output: not for diagnosis; every study stays on the list.",
-    )
+    ai_notice: str = Field(default=AI_NOTICE)
     studies: list[StudyOut]
+
+
+class FeedbackIn(BaseModel):
+    detector: str = Field(description="the detector whose finding is judged")
+    verdict: Verdict
+    comment: str | None = Field(default=None, max_length=2000)
+    series_instance_uid: str | None = Field(
+        default=None, description="needed only when several series carry the detector")
+
+
+class FeedbackOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    feedback_id: int
+    series_instance_uid: str
+    detector: str
+    model_version: str
+    revision: int
+    ai_flagged: bool
+    ai_probability: float
+    verdict: Verdict
+    comment: str | None
+    user: str
+    created_at: AwareDatetime
+
+
+class RetractIn(BaseModel):
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class RetractOut(BaseModel):
+    version: int = Field(description="the report version that withdraws the result")
+
+
+class StudyDetailOut(BaseModel):
+    ai_notice: str = Field(default=AI_NOTICE)
+    study: StudyOut
+    feedback: list[FeedbackOut]
 
 
 class HealthOut(BaseModel):
@@ -88,11 +168,30 @@ def spool_check(settings: Settings) -> ReadinessCheck:
     return check
 
 
+def _login_page(error: str = "") -> str:
+    message = f'<p class="err">{html.escape(error)}</p>' if error else ""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>CT triage: sign in</title><style>body{{font:15px system-ui;background:#111418;
+color:#e8eaed;display:grid;place-items:center;height:90vh}}form{{display:grid;gap:8px;
+width:18em}}input,button{{padding:6px}}.err{{color:#f28b82}}</style></head><body>
+<form method="post" action="/login"><h1>CT triage worklist</h1>{message}
+<label>User <input name="username" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" autocomplete="current-password"
+ required></label><button type="submit">Sign in</button>
+<small>AI triage output: not for diagnosis.</small></form></body></html>"""
+
+
+def auth_required(settings: Settings) -> bool:
+    """Login is required off loopback (or when configured so)."""
+    return settings.web_auth == "required" or not is_loopback(settings.web_host)
+
+
 def create_app(
     settings: Settings,
     db: Database,
     *,
     checks: Mapping[str, ReadinessCheck] | None = None,
+    users: UserDirectory | None = None,
 ) -> FastAPI:
     """Build the web application.
 
@@ -104,12 +203,88 @@ def create_app(
         The index database.
     checks
         Extra readiness checks by name (e.g. the broker); each raises when not ready.
+    users
+        The user directory; default: read ``settings.users_file``.
+
+    Raises
+    ------
+    ConfigError
+        Login is required (not on loopback) but no user is configured.
     """
     app = FastAPI(
         title="CT triage daemon",
         version=__version__,
         description="Prioritized CT worklist. AI output is not for diagnosis.",
     )
+    directory = users if users is not None else UserDirectory.load(settings.users_file)
+    secured = auth_required(settings)
+    if secured and not len(directory):
+        raise ConfigError(
+            f"the web UI on {settings.web_host} needs users (login is required off loopback) "
+            f"and {settings.users_file} has none: run `triage users add NAME --role radiologist`"
+        )
+    signer = SessionSigner(load_secret(settings.data_dir / "web-secret"),
+                           max_age_s=settings.session_hours * 3600) if secured else None
+
+    def current_user(request: Request) -> User | None:
+        if signer is None:
+            return User("local", "admin")
+        token = request.cookies.get(SESSION_COOKIE)
+        if token and (user := signer.verify(token)) and directory.get(user.name):
+            return user
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("basic "):
+            try:
+                name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            except (ValueError, binascii.Error):
+                return None
+            return directory.authenticate(name, password)
+        return None
+
+    @app.middleware("http")
+    async def require_login(request: Request, call_next: Any) -> Response:
+        if request.url.path in _PUBLIC:
+            response: Response = await call_next(request)
+            return response
+        user = current_user(request)
+        if user is None:
+            if request.url.path == "/" and request.method == "GET":
+                return RedirectResponse("/login", status_code=303)
+            return JSONResponse({"detail": "login required"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Basic realm="triage"'})
+        request.state.user = user.name
+        request.state.role = user.role
+        response = await call_next(request)
+        return response
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_form() -> Response:
+        if signer is None:
+            return RedirectResponse("/", status_code=303)
+        return HTMLResponse(_login_page())
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        if signer is None:
+            return RedirectResponse("/", status_code=303)
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        name = (form.get("username") or [""])[0]
+        user = directory.authenticate(name, (form.get("password") or [""])[0])
+        if user is None:
+            logger.warning("Failed web login")
+            return HTMLResponse(_login_page("Wrong user name or password."), status_code=401)
+        logger.info("Web login by %s (%s)", user.name, user.role)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(SESSION_COOKIE, signer.issue(user), httponly=True,
+                            samesite="strict", max_age=int(signer.max_age_s),
+                            secure=request.url.scheme == "https")
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
     all_checks: dict[str, ReadinessCheck] = {"database": db.ping, "spool": spool_check(settings)}
     all_checks.update(checks or {})
 
@@ -133,10 +308,94 @@ def create_app(
         body = ReadyOut(ready=ready, checks=results)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
+    severity = dict(settings.finding_severity)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        """The worklist page (polls /api/worklist)."""
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"),
+                            headers={"Cache-Control": "no-store"})
+
     @app.get("/api/worklist", response_model=WorklistOut, tags=["worklist"])
-    def worklist(limit: int = Query(default=500, ge=1, le=5000)) -> WorklistOut:
-        """Studies with the state of each series, STAT first, then most recent."""
-        studies = list_studies(db, limit=limit)
+    def worklist(
+        limit: int = Query(default=500, ge=1, le=5000),
+        state: Annotated[list[WorkState] | None, Query()] = None,
+        finding: Annotated[list[str] | None, Query(description="flagged detector")] = None,
+        modality: Annotated[list[str] | None, Query()] = None,
+    ) -> WorklistOut:
+        """Studies in priority order: flagged findings by severity and score, then STAT, then
+        the longest waiting.  Filters narrow the list; without them nothing is left out."""
+        studies = list_studies(db, limit=limit, severity=severity)
+        if state:
+            studies = [s for s in studies if s.state in state]
+        if finding:
+            studies = [s for s in studies
+                       if any(f.flagged and f.detector in finding for f in s.findings)]
+        if modality:
+            wanted = {m.upper() for m in modality}
+            studies = [s for s in studies if (s.modality or "").upper() in wanted]
         return WorklistOut(studies=[StudyOut.model_validate(s) for s in studies])
+
+    def one_study(uid: str) -> Any:
+        found = list_studies(db, study_uid=uid, severity=severity)
+        if not found:
+            raise HTTPException(404, "unknown study")
+        return found[0]
+
+    @app.get("/api/studies/{study_uid}", response_model=StudyDetailOut, tags=["worklist"],
+             responses={404: {"description": "unknown study"}})
+    def study(study_uid: str) -> StudyDetailOut:
+        """One study: its series, AI findings and the feedback given on them."""
+        item = one_study(study_uid)
+        return StudyDetailOut(
+            study=StudyOut.model_validate(item),
+            feedback=[FeedbackOut.model_validate(f) for f in list_feedback(db, study_uid)],
+        )
+
+    @app.get("/api/studies/{study_uid}/previews/{job_id}/{name}", tags=["worklist"],
+             response_class=FileResponse,
+             responses={404: {"description": "no such preview"}})
+    def preview(study_uid: str, job_id: str, name: str) -> FileResponse:
+        """AI-generated key-slice preview (PNG), not for diagnosis."""
+        item = one_study(study_uid)
+        if (not _JOB_ID.match(job_id) or not _PREVIEW.match(name)
+                or job_id not in {s.job_id for s in item.series}):
+            raise HTTPException(404, "no such preview")
+        path = settings.data_dir / "previews" / job_id / name
+        if not path.is_file():
+            raise HTTPException(404, "no such preview")
+        return FileResponse(path, media_type="image/png",
+                            headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.post("/api/studies/{study_uid}/feedback", response_model=FeedbackOut, status_code=201,
+              tags=["feedback"], responses={404: {"description": "unknown study"},
+                                            409: {"description": "no such finding"}})
+    def post_feedback(study_uid: str, body: FeedbackIn, request: Request) -> FeedbackOut:
+        """Record a radiologist's verdict on one AI finding (append-only)."""
+        user = str(request.state.user)
+        try:
+            item = record_feedback(db, study_uid, detector=body.detector, verdict=body.verdict,
+                                   comment=body.comment, series_uid=body.series_instance_uid,
+                                   user=user)
+        except FeedbackError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        logger.info("Feedback %s on %s by %s", item.verdict.value, item.detector, user)
+        return FeedbackOut.model_validate(item)
+
+    @app.post("/api/studies/{study_uid}/retract", response_model=RetractOut, tags=["feedback"],
+              responses={403: {"description": "admins only"},
+                         409: {"description": "no AI result stands for the study"}})
+    def retract_result(study_uid: str, body: RetractIn, request: Request) -> RetractOut:
+        """Withdraw the study's AI result on every channel (admin).  The study stays listed."""
+        if request.state.role != "admin":
+            raise HTTPException(403, "only admins can retract AI results")
+        one_study(study_uid)
+        version = reports.retract(db, study_uid, [d.name for d in settings.destinations],
+                                  reason=body.reason)
+        if version is None:
+            raise HTTPException(409, "no AI result stands for this study")
+        logger.warning("AI result of a study retracted by %s (report version %d)",
+                       request.state.user, version)
+        return RetractOut(version=version)
 
     return app

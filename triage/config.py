@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -69,6 +76,36 @@ def _split_list(value: object) -> object:
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
+
+
+class Destination(BaseModel):
+    """Where the AI result of each study goes (one outbox row per report version)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="shown in logs and metrics")
+    kind: Literal["dicom-sr", "hl7", "ups"] = Field(
+        description="dicom-sr: SR (TID 1500) + KOS by C-STORE; hl7: ORU^R01 over MLLP; "
+        "ups: our UPS workitems (Watch/Event subscribers are notified)"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    ae_title: str = Field(default="", description="dicom-sr: the PACS's AE title")
+    receiving_application: str = Field(default="RIS", description="hl7: MSH-5")
+    receiving_facility: str = Field(default="", description="hl7: MSH-6")
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=20, ge=1)
+    backoff_s: float = Field(
+        default=5.0, gt=0, description="first retry delay; doubles each time, at most 15 min"
+    )
+
+    @model_validator(mode="after")
+    def _needs_address(self) -> Destination:
+        if self.kind != "ups" and not self.port:
+            raise ValueError(f"destination {self.name}: {self.kind} needs host and port")
+        if self.kind == "dicom-sr" and not self.ae_title:
+            raise ValueError(f"destination {self.name}: dicom-sr needs ae_title")
+        return self
 
 
 class Settings(BaseSettings):
@@ -151,6 +188,9 @@ class Settings(BaseSettings):
     task_time_limit_s: float = Field(default=600.0, gt=0)
     broker_visibility_timeout_s: float = Field(default=3600.0, gt=0)
     worker_concurrency: int = Field(default=1, ge=1)
+    worker_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where detectors run; auto = the GPU when one is visible"
+    )
     analysis_delay_s: float = Field(
         default=0.0, ge=0, description="diagnostics and tests only: sleep at the start of analysis"
     )
@@ -158,6 +198,29 @@ class Settings(BaseSettings):
     # --- web ------------------------------------------------------------------------------
     web_host: str = Field(default="127.0.0.1")
     web_port: int = Field(default=8080, ge=0, le=65535)
+    web_auth: Literal["auto", "required"] = Field(
+        default="auto", description="auto: login required unless web_host is loopback"
+    )
+    users_file: Path | None = Field(
+        default=None,
+        description="users and password hashes (`triage users add`); default <data_dir>/users.toml",
+    )
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 14)
+    finding_severity: dict[str, int] = Field(
+        default_factory=lambda: {"hemorrhage": 3, "stroke": 3, "cspine_fracture": 2},
+        description="worklist rank of each detector's flag (higher first); JSON in the env",
+    )
+
+    # --- flags back to the site ------------------------------------------------------------
+    destinations: list[Destination] = Field(
+        default_factory=list,
+        description="SR/KOS to PACS, HL7 ORU, UPS; [[destinations]] tables in the TOML file",
+    )
+    ups_port: int = Field(default=11113, ge=0, le=65535, description="UPS SCP port")
+    ups_subscribers: dict[str, str] = Field(
+        default_factory=dict,
+        description="UPS event receivers: AE title -> host:port (N-EVENT-REPORT)",
+    )
 
     log_level: LogLevel = "INFO"
 
@@ -207,6 +270,8 @@ class Settings(BaseSettings):
         if self.database_url is None:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir / 'index.sqlite3'}")
         object.__setattr__(self, "rules_file", self.rules_file.expanduser().resolve())
+        users = (self.users_file or data_dir / "users.toml").expanduser().resolve()
+        object.__setattr__(self, "users_file", users)
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
         if self.broker_visibility_timeout_s <= self.task_time_limit_s:
@@ -237,7 +302,7 @@ class Settings(BaseSettings):
             if name == "config_file" or value is None:
                 continue
             key = ENV_PREFIX + name.upper()
-            env[key] = json.dumps(value) if isinstance(value, list) else str(value)
+            env[key] = json.dumps(value) if isinstance(value, list | dict) else str(value)
         return env
 
 

@@ -115,6 +115,90 @@ jobs = sa.Table(
     sa.Index("ix_jobs_state", "state", "not_before"),
 )
 
+# Versions of each study's AI result as sent to the site; owned by triage.reports.
+# (study, version) is the compare-and-set key: a version is written once.
+study_reports = sa.Table(
+    "study_reports",
+    metadata,
+    sa.Column("study_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),  # FINAL / CORRECTED / RETRACTED
+    sa.Column("priority", sa.String(8), nullable=False),
+    sa.Column("signature", sa.JSON, nullable=False),  # what changed between versions
+    sa.Column("findings", sa.JSON, nullable=False),  # snapshot sent to the destinations
+    sa.Column("reason", sa.String(512)),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# One row per (report version, destination): the outbox of the flags back to the site.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("delivery_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("destination", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # PENDING / SENDING / SENT / DEAD
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("last_error", sa.String(1024)),
+    sa.Column("sent_at", sa.Float),
+    sa.Column("receipt", sa.JSON(none_as_null=True)),  # what was sent (e.g. the SR UIDs)
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("study_instance_uid", "version", "destination"),
+    sa.Index("ix_deliveries_due", "destination", "state", "next_attempt_at"),
+)
+
+# Radiologists' verdicts on AI findings; owned by triage.feedback.  Never deleted.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("feedback_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("series_instance_uid", sa.String(64), nullable=False),
+    sa.Column("detector", sa.String(64), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("ai_flagged", sa.Boolean, nullable=False),
+    sa.Column("ai_probability", sa.Float, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),  # agree / disagree / unsure
+    sa.Column("comment", sa.String(2000)),
+    sa.Column("user", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# --- UPS (triage.outputs.ups) ---------------------------------------------------------------
+# One DICOM UPS workitem per analysed study; owned by triage.outputs.ups_store.
+ups_workitems = sa.Table(
+    "ups_workitems",
+    metadata,
+    sa.Column("workitem_uid", sa.String(64), primary_key=True),  # the UPS SOP Instance UID
+    sa.Column("study_instance_uid", sa.String(64), nullable=False, unique=True),
+    sa.Column("state", sa.String(16), nullable=False),  # SCHEDULED, IN PROGRESS, CANCELED, ...
+    sa.Column("priority", sa.String(8), nullable=False),  # HIGH, MEDIUM, LOW
+    sa.Column("transaction_uid", sa.String(64)),  # the performer's lock; never sent out
+    sa.Column("report_version", sa.Integer, nullable=False),  # newest StudyReport applied
+    sa.Column("revision", sa.Integer, nullable=False),  # compare-and-set counter
+    sa.Column("dataset", sa.JSON, nullable=False),  # pydicom Dataset.to_json_dict()
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_ups_workitems_state_priority", "state", "priority"),
+)
+
+# Who receives UPS N-EVENT-REPORTs: one row per AE and workitem, or per AE and the
+# well-known global UID 1.2.840.10008.5.1.4.34.5 (a global subscription).
+ups_subscriptions = sa.Table(
+    "ups_subscriptions",
+    metadata,
+    sa.Column("ae_title", sa.String(16), primary_key=True),
+    sa.Column("workitem_uid", sa.String(64), primary_key=True),
+    sa.Column("deletion_lock", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_ups_subscriptions_workitem", "workitem_uid"),
+)
+# --- end of UPS -----------------------------------------------------------------------------
+
 schema_info = sa.Table(
     "schema_info",
     metadata,

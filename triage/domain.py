@@ -42,14 +42,31 @@ class QueueName(enum.StrEnum):
 
 
 class WorkState(enum.StrEnum):
-    """What the worklist shows for a series or a study."""
+    """What the worklist shows for a series or a study.
+
+    RECEIVING → QUEUED → ANALYZING → FLAGGED | NO_FINDINGS | NOT_ANALYSED(reason) |
+    FAILED(reason).  Each step is a compare-and-set transition of the series' job row; a late
+    instance starts a new revision (back to RECEIVING).
+    """
 
     RECEIVING = "RECEIVING"
     QUEUED = "QUEUED"
     ANALYZING = "ANALYZING"
-    DONE = "DONE"
+    FLAGGED = "FLAGGED"
+    NO_FINDINGS = "NO_FINDINGS"
     NOT_ANALYSED = "NOT_ANALYSED"
     FAILED = "FAILED"
+
+
+class Priority(enum.StrEnum):
+    """Worklist priority, in DICOM UPS terms (Scheduled Procedure Step Priority).
+
+    HIGH: an AI finding is flagged; MEDIUM: ordered STAT; LOW: everything else.
+    """
+
+    HIGH = "HIGH"
+    MEDIUM = "MEDIUM"
+    LOW = "LOW"
 
 
 class StoreOutcome(enum.StrEnum):

@@ -91,7 +91,8 @@ def private_redis(settings: Settings) -> ChildSpec | None:
 
 
 def service_children(settings: Settings) -> list[ChildSpec]:
-    """The listener (with the sweeper), one Celery worker and the web process."""
+    """The listener (with the sweeper), one Celery worker, the web process and, when
+    destinations are configured, the outputs process."""
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     env.pop("TRIAGE_CONFIG_FILE", None)  # everything is already resolved into env
     python = sys.executable
@@ -101,11 +102,14 @@ def service_children(settings: Settings) -> list[ChildSpec]:
         "-n", f"triage-{uuid.uuid4().hex[:8]}@%h", "-l", settings.log_level,
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
-    return [
+    children = [
         ChildSpec("listener", [python, "-m", "triage", "listen"], env),
         ChildSpec("worker", worker, env),
         ChildSpec("web", [python, "-m", "triage", "web"], env),
     ]
+    if settings.destinations:
+        children.append(ChildSpec("outputs", [python, "-m", "triage", "outputs"], env))
+    return children
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

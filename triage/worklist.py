@@ -1,4 +1,8 @@
-"""Worklist queries: studies with the analysis state of each of their series."""
+"""Worklist queries: studies with the analysis state, findings and priority of each.
+
+The order is the product: flagged critical findings first (by configured severity, then
+score), then studies ordered STAT, then the longest-waiting.  Nothing is ever left out.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +13,51 @@ from typing import Any
 import sqlalchemy as sa
 
 from triage.db import Database, jobs, series, studies
-from triage.domain import JobState, QueueName, SeriesState, WorkState
+from triage.domain import JobState, Priority, QueueName, SeriesState, WorkState
 
-# Study state is the "least finished" state of its series, in this order.
+# A study shows the first of its series' states in this order: a flag wins (the study must
+# rise to the top while other series are still running), then work still in progress.
 _STUDY_ORDER = (
+    WorkState.FLAGGED,
     WorkState.RECEIVING,
     WorkState.ANALYZING,
     WorkState.QUEUED,
     WorkState.FAILED,
-    WorkState.DONE,
+    WorkState.NO_FINDINGS,
     WorkState.NOT_ANALYSED,
 )
+
+#: Default severity of each detector's finding when flagged (higher sorts first).
+DEFAULT_SEVERITY = {"hemorrhage": 3, "stroke": 3, "cspine_fracture": 2}
 
 _JOB_TO_WORK = {
     JobState.PENDING: WorkState.QUEUED,
     JobState.PUBLISHED: WorkState.QUEUED,
     JobState.RUNNING: WorkState.ANALYZING,
-    JobState.DONE: WorkState.DONE,
+    JobState.DONE: WorkState.NO_FINDINGS,  # refined from the job's result
     JobState.FAILED: WorkState.FAILED,
     JobState.SUPERSEDED: WorkState.QUEUED,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class FindingItem:
+    """One detector's result on one series (AI output, not for diagnosis)."""
+
+    detector: str
+    finding: str
+    probability: float
+    threshold: float
+    flagged: bool
+    severity: int  # configured severity when flagged, 0 otherwise
+    model_name: str
+    model_version: str
+    series_instance_uid: str
+    slice_range: tuple[int, int] | None  # 0-based, inferior → superior
+    key_slice: int | None
+    slices: int | None
+    key_sop_instance_uid: str | None
+    preview: str | None  # URL path of the key-slice PNG
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +79,8 @@ class SeriesItem:
     result: dict[str, Any] | None
     received_at: float
     last_received_at: float
+    job_id: str | None = None
+    findings: tuple[FindingItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +96,12 @@ class StudyItem:
     received_at: float
     last_received_at: float
     series: tuple[SeriesItem, ...]
+    findings: tuple[FindingItem, ...] = ()  # flagged first, then by probability
+    priority: Priority = Priority.LOW
+    severity: int = 0  # highest severity among flagged findings
 
 
-def _series_state(row: Any) -> tuple[WorkState, str | None]:
+def _series_state(row: Any, findings: tuple[FindingItem, ...]) -> tuple[WorkState, str | None]:
     state = SeriesState(row.state)
     if state is SeriesState.RECEIVING:
         return WorkState.RECEIVING, None
@@ -76,24 +110,79 @@ def _series_state(row: Any) -> tuple[WorkState, str | None]:
     if row.job_state is None:
         return WorkState.QUEUED, None
     work = _JOB_TO_WORK[JobState(row.job_state)]
+    if work is WorkState.NO_FINDINGS:
+        result = row.job_result or {}
+        if result.get("not_analysed"):
+            return WorkState.NOT_ANALYSED, str(result["not_analysed"])
+        if any(f.flagged for f in findings):
+            return WorkState.FLAGGED, None
     return work, row.job_error if work is WorkState.FAILED else None
 
 
-def list_studies(db: Database, *, limit: int = 500) -> list[StudyItem]:
-    """Studies, STAT first, then most recently received; nothing is ever left out by state."""
+def _findings(row: Any, study_uid: str, severity: dict[str, int]) -> tuple[FindingItem, ...]:
+    if row.job_state != JobState.DONE.value or not isinstance(row.job_result, dict):
+        return ()
+    items = []
+    for f in row.job_result.get("findings") or ():
+        flagged = bool(f.get("flagged"))
+        sr = f.get("slice_range")
+        preview = (f"/api/studies/{study_uid}/previews/{row.job_id}/{f['preview']}"
+                   if f.get("preview") else None)
+        items.append(FindingItem(
+            detector=str(f["detector"]),
+            finding=str(f.get("finding") or f["detector"]),
+            probability=float(f["probability"]),
+            threshold=float(f["threshold"]),
+            flagged=flagged,
+            severity=severity.get(str(f["detector"]), 1) if flagged else 0,
+            model_name=str(f.get("model_name") or f["detector"]),
+            model_version=str(f.get("model_version") or ""),
+            series_instance_uid=row.series_instance_uid,
+            slice_range=(int(sr[0]), int(sr[1])) if sr else None,
+            key_slice=f.get("key_slice"),
+            slices=f.get("slices"),
+            key_sop_instance_uid=f.get("key_sop_instance_uid"),
+            preview=preview,
+        ))
+    return tuple(items)
+
+
+def priority_of(severity: int, stat: bool) -> Priority:
+    """UPS-style priority of a study: a flag → HIGH, an ordered STAT → MEDIUM, else LOW."""
+    if severity > 0:
+        return Priority.HIGH
+    return Priority.MEDIUM if stat else Priority.LOW
+
+
+def sort_key(item: StudyItem) -> tuple[int, float, bool, float]:
+    """Flagged by severity and score, then STAT, then the longest waiting first."""
+    top = max((f.probability for f in item.findings if f.flagged), default=0.0)
+    return (-item.severity, -top, not item.stat, item.received_at)
+
+
+def list_studies(db: Database, *, limit: int = 500,
+                 severity: dict[str, int] | None = None,
+                 study_uid: str | None = None) -> list[StudyItem]:
+    """Studies in worklist order (:func:`sort_key`); nothing is ever left out by state.
+
+    ``limit`` bounds the most recent studies considered; ``study_uid`` selects one study.
+    """
+    severity = DEFAULT_SEVERITY if severity is None else severity
     current_job = sa.and_(
         jobs.c.series_instance_uid == series.c.series_instance_uid,
         jobs.c.revision == series.c.revision,
     )
     with db.read() as conn:
-        study_rows = conn.execute(
-            sa.select(studies).order_by(studies.c.first_received_at.desc()).limit(limit)
-        ).all()
+        query = sa.select(studies).order_by(studies.c.first_received_at.desc()).limit(limit)
+        if study_uid is not None:
+            query = query.where(studies.c.study_instance_uid == study_uid)
+        study_rows = conn.execute(query).all()
         uids = [r.study_instance_uid for r in study_rows]
         series_rows = (
             conn.execute(
                 sa.select(
                     series,
+                    jobs.c.job_id.label("job_id"),
                     jobs.c.state.label("job_state"),
                     jobs.c.queue.label("job_queue"),
                     jobs.c.detectors.label("job_detectors"),
@@ -110,7 +199,8 @@ def list_studies(db: Database, *, limit: int = 500) -> list[StudyItem]:
         )
     by_study: dict[str, list[SeriesItem]] = defaultdict(list)
     for row in series_rows:
-        state, reason = _series_state(row)
+        found = _findings(row, row.study_instance_uid, severity)
+        state, reason = _series_state(row, found)
         by_study[row.study_instance_uid].append(
             SeriesItem(
                 series_instance_uid=row.series_instance_uid,
@@ -128,6 +218,8 @@ def list_studies(db: Database, *, limit: int = 500) -> list[StudyItem]:
                 result=row.job_result,
                 received_at=row.first_received_at,
                 last_received_at=row.last_received_at,
+                job_id=row.job_id,
+                findings=found,
             )
         )
     items: list[StudyItem] = []
@@ -135,7 +227,11 @@ def list_studies(db: Database, *, limit: int = 500) -> list[StudyItem]:
         members = tuple(by_study.get(row.study_instance_uid, ()))
         states = {m.state for m in members}
         state = next((s for s in _STUDY_ORDER if s in states), WorkState.RECEIVING)
-        stat = any(m.queue is QueueName.STAT for m in members)
+        stat = any(m.queue is QueueName.STAT for m in members) or (
+            (row.request_priority or "").upper() == "STAT")
+        study_findings = sorted((f for m in members for f in m.findings),
+                                key=lambda f: (not f.flagged, -f.severity, -f.probability))
+        top = max((f.severity for f in study_findings), default=0)
         items.append(
             StudyItem(
                 study_instance_uid=row.study_instance_uid,
@@ -148,7 +244,10 @@ def list_studies(db: Database, *, limit: int = 500) -> list[StudyItem]:
                 last_received_at=max((m.last_received_at for m in members),
                                      default=row.first_received_at),
                 series=members,
+                findings=tuple(study_findings),
+                priority=priority_of(top, stat),
+                severity=top,
             )
         )
-    items.sort(key=lambda s: (not s.stat, -s.last_received_at))
+    items.sort(key=sort_key)
     return items

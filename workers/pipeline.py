@@ -1,7 +1,6 @@
-"""Plain analysis pipeline: claim a job, load its series, analyse, record the result.
+"""Plain analysis pipeline: claim a job, load its series, run its detectors, record the result.
 
-Testable without Celery.  The analysis of this release is a placeholder that loads the
-series into a volume and records its geometry; the detectors replace it in a later release.
+Testable without Celery: :func:`run_job` is what the task calls.
 """
 
 from __future__ import annotations
@@ -9,19 +8,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydicom import dcmread
-
+import models
+from triage import reports
 from triage.config import Settings
 from triage.db import Database
 from triage.jobs import Claim, JobLedger, Refusal
 from triage.store import Store
+from workers.analysis import DetectorPool, SeriesUnreadable, analyse_series, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +32,7 @@ class PipelineContext:
     db: Database
     store: Store
     ledger: JobLedger
+    detectors: DetectorPool
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineContext:
@@ -43,6 +42,7 @@ class PipelineContext:
             db=db,
             store=Store(settings.spool, db),
             ledger=JobLedger.from_settings(db, settings),
+            detectors=DetectorPool(device=resolve_device(settings.worker_device)),
         )
 
 
@@ -57,55 +57,6 @@ class JobOutcome:
     job_id: str
     ran: bool
     detail: str
-
-
-Volume = np.ndarray[Any, np.dtype[np.float32]]
-
-
-def load_volume(paths: Sequence[Path]) -> tuple[Volume, dict[str, Any]]:
-    """Read a series into a HU volume ``(slices, rows, columns)`` plus its geometry.
-
-    Raises
-    ------
-    AnalysisError
-        No instances, or instances with no pixel data / inconsistent matrix sizes.
-    """
-    if not paths:
-        raise AnalysisError("series has no instances")
-    slices: list[tuple[float, np.ndarray[Any, Any]]] = []
-    syntaxes: set[str] = set()
-    spacing: list[float] | None = None
-    for index, path in enumerate(paths):
-        ds = dcmread(path)
-        if "PixelData" not in ds:
-            raise AnalysisError(f"instance {ds.SOPInstanceUID} has no pixel data")
-        syntaxes.add(str(ds.file_meta.TransferSyntaxUID))
-        pixels = ds.pixel_array.astype(np.float32)
-        pixels = pixels * float(ds.get("RescaleSlope", 1) or 1) + float(
-            ds.get("RescaleIntercept", 0) or 0
-        )
-        position = ds.get("ImagePositionPatient")
-        key = float(position[2]) if position is not None and len(position) == 3 else float(index)
-        if spacing is None and "PixelSpacing" in ds:
-            spacing = [float(v) for v in ds.PixelSpacing]
-        slices.append((key, pixels))
-    shapes = {p.shape for _, p in slices}
-    if len(shapes) != 1:
-        raise AnalysisError(f"instances have different matrix sizes: {sorted(shapes)}")
-    slices.sort(key=lambda item: item[0])
-    volume = np.stack([p for _, p in slices])
-    positions = [k for k, _ in slices]
-    gaps = np.diff(positions) if len(positions) > 1 else np.array([])
-    info = {
-        "slices": len(slices),
-        "shape": list(volume.shape),
-        "pixel_spacing_mm": spacing,
-        "slice_spacing_mm": float(np.median(np.abs(gaps))) if gaps.size else None,
-        "transfer_syntaxes": sorted(syntaxes),
-        "hu_min": float(volume.min()),
-        "hu_max": float(volume.max()),
-    }
-    return volume, info
 
 
 @contextmanager
@@ -132,26 +83,35 @@ def _lease_keeper(ledger: JobLedger, claim: Claim, every_s: float) -> Iterator[N
 
 
 def analyse(ctx: PipelineContext, claim: Claim) -> dict[str, Any]:
-    """Placeholder analysis: load the series and record what was received."""
-    started = time.perf_counter()
+    """Run the job's detectors on its series; the job result (JSON)."""
     if ctx.settings.analysis_delay_s:
         time.sleep(ctx.settings.analysis_delay_s)
     paths = ctx.store.instance_paths(claim.series_instance_uid)
+    if not paths:
+        raise AnalysisError("series has no stored instances")
+    previews = ctx.settings.data_dir / "previews" / claim.job_id
     try:
-        _, info = load_volume(paths)
-    except AnalysisError:
-        raise
-    except Exception as exc:  # pixel data the codecs cannot decode, truncated files, …
-        raise AnalysisError(f"cannot load the series: {type(exc).__name__}: {exc}") from exc
-    load_s = time.perf_counter() - started
-    return {
-        "analysis": "placeholder",
-        "summary": f"received {info['slices']} slices, volume shape {tuple(info['shape'])}",
-        "detectors_requested": list(claim.detectors),
-        "volume": info,
-        "timings_s": {"load": round(load_s, 4)},
-        "attempt": claim.attempt,
-    }
+        result = analyse_series(ctx.detectors, paths, claim.detectors, preview_dir=previews)
+    except SeriesUnreadable as exc:
+        raise AnalysisError(str(exc)) from exc
+    except models.ModelNotFoundError as exc:  # a routing rule names a detector we lack
+        raise AnalysisError(str(exc)) from exc
+    result["attempt"] = claim.attempt
+    result["device"] = ctx.detectors.device
+    return result
+
+
+def _refresh_report(ctx: PipelineContext, study_uid: str) -> None:
+    """Write the study's next report version (and its deliveries) if its result changed.
+
+    A failure here loses nothing: the outputs process sweeps recently finished jobs too.
+    """
+    try:
+        reports.refresh(ctx.db, study_uid, [d.name for d in ctx.settings.destinations],
+                        severity=ctx.settings.finding_severity)
+    except Exception:
+        logger.exception("Could not write the report of a finished study; the outputs sweep "
+                         "will retry")
 
 
 def run_job(ctx: PipelineContext, job_id: str, *, owner: str | None = None) -> JobOutcome:
@@ -185,6 +145,7 @@ def run_job(ctx: PipelineContext, job_id: str, *, owner: str | None = None) -> J
         return JobOutcome(job_id, ran=True, detail=f"attempt failed, job {state.value}")
     if ctx.ledger.complete(claim, result):
         logger.info("Job %s done: %s", job_id, result["summary"])
+        _refresh_report(ctx, claim.study_instance_uid)
         return JobOutcome(job_id, ran=True, detail="done")
     logger.warning("Job %s attempt %d finished after losing its claim; result dropped",
                    job_id, claim.attempt)

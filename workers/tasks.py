@@ -9,16 +9,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pydicom.config
 from celery import Task
 from celery.exceptions import Reject
+from celery.signals import worker_process_init
 
+import models
 from triage.config import load_settings
 from triage.errors import JobNotFoundError
 from workers.app import ANALYZE_SERIES, app
 from workers.pipeline import PipelineContext, run_job
+
+logger = logging.getLogger(__name__)
 
 
 class AnalysisTask(Task):  # type: ignore[misc]
@@ -43,3 +48,18 @@ def analyze_series(self: AnalysisTask, job_id: str) -> dict[str, Any]:
     except JobNotFoundError as exc:
         raise Reject(str(exc), requeue=False) from exc
     return {"job_id": outcome.job_id, "ran": outcome.ran, "detail": outcome.detail}
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def warm_up(**_: Any) -> None:
+    """Load every bundled detector in the fresh pool process, so the first study is not slow.
+
+    A detector that cannot load (missing or mismatched weights) is logged here and fails its
+    jobs with the same message; the worker keeps serving the others.
+    """
+    context = analyze_series.context
+    for card in models.available():
+        try:
+            context.detectors.get(card.name)
+        except models.ModelError as exc:
+            logger.error("Detector %s cannot be loaded: %s", card.name, exc)

@@ -1,0 +1,158 @@
+"""Detectors: registry, checksum refusal, eligibility, and the committed weights at work."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models
+from models.detector import ModelCard, NotEligibleError, WeightsError
+from models.evaluation import roc_auc
+from models.slicenet import SliceDetector
+from models.synthetic.generate import generate, write_case
+from models.synthetic.sampling import sample_case
+from models.synthetic.spec import Region
+from models.volume import Volume
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_unknown_detector_is_an_error() -> None:
+    with pytest.raises(models.ModelNotFoundError):
+        models.load("appendicitis")
+
+
+def test_every_bundled_detector_has_a_card_and_verified_weights() -> None:
+    cards = {c.name: c for c in models.available()}
+    assert set(cards) == set(models.DETECTORS)
+    for card in cards.values():
+        card.verified_weights()
+        assert "synthetic" in card.intended_use and "not for diagnosis" in card.intended_use
+        assert card.raw["synthetic_training_data_only"] is True
+        assert (card.folder / "README.md").read_text().count("Not for clinical use") == 1
+        size = card.weights_path.stat().st_size
+        assert size < 8 * 2**20, f"{card.name} weights are {size} bytes"
+
+
+@pytest.fixture
+def copied_card(tmp_path: Path) -> Path:
+    folder = tmp_path / "hemorrhage"
+    shutil.copytree(models.MODELS_DIR / "hemorrhage", folder,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return folder
+
+
+def test_modified_weights_are_refused(copied_card: Path) -> None:
+    weights = copied_card / "weights" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        SliceDetector(ModelCard.read(copied_card))
+
+
+def test_missing_weights_are_refused(copied_card: Path) -> None:
+    (copied_card / "weights" / "model.pt").unlink()
+    with pytest.raises(WeightsError, match="missing"):
+        SliceDetector(ModelCard.read(copied_card))
+
+
+def _volume(**meta: object) -> Volume:
+    base = {"modality": "CT", "body_part_examined": "HEAD", "slice_thickness_mm": 2.5,
+            "contrast_agent": ""}
+    base.update(meta)
+    return Volume(np.zeros((40, 8, 8), np.float32), (2.5, 1, 1), (0, 0, 0), "1", "2", base)
+
+
+@pytest.mark.parametrize(("volume", "reason"), [
+    (_volume(slice_thickness_mm=7.5), "7.5 mm thick"),
+    (_volume(contrast_agent="Omnipaque"), "contrast agent present"),
+    (_volume(modality="MR"), "modality MR"),
+    (_volume(body_part_examined="CHEST"), "body part CHEST"),
+    (Volume(np.zeros((10, 8, 8), np.float32), (2.5, 1, 1), (0, 0, 0), "1", "2",
+            {"modality": "CT"}), "only 10 slices"),
+])
+def test_ineligible_volumes_are_refused_with_the_reason(volume: Volume, reason: str) -> None:
+    detector = models.load("hemorrhage")
+    assert reason in (detector.eligibility(volume) or "")
+    with pytest.raises(NotEligibleError, match=reason):
+        detector(volume)
+
+
+@pytest.mark.parametrize("name", models.DETECTORS)
+def test_committed_detector_separates_positives_from_negatives(name: str) -> None:
+    """A small fixed held-out set (seeds never used in training or validation)."""
+    from models.assess import FINDING_OF, REGION_OF
+
+    detector = models.load(name)
+    labels, scores = [], []
+    for offset in range(6):
+        for finding in (FINDING_OF[name], "none"):
+            case = generate(sample_case(990_000 + offset, REGION_OF[name], finding=finding))
+            result = detector(case.volume())
+            labels.append(finding != "none")
+            scores.append(result.probability)
+            if finding != "none" and result.flagged:
+                assert result.slice_range is not None
+                first, last = case.labels["findings"][0]["slices"]
+                # the flagged slices overlap the labelled ones (within two slices)
+                assert result.slice_range[0] <= last + 2 and result.slice_range[1] >= first - 2
+            assert result.features.shape == (256,)
+    auc = roc_auc(np.array(labels), np.array(scores))
+    assert auc >= 0.8, f"{name}: AUC {auc:.2f} on the fixed set; scores {scores}"
+
+
+def test_analyze_command_reports_each_series(tmp_path: Path) -> None:
+    head = generate(sample_case(990_100, Region.HEAD, finding="hemorrhage", max_slices=40))
+    write_case(head, tmp_path / "head")
+    (tmp_path / "notes.txt").write_text("not dicom")
+    out = subprocess.run([sys.executable, "-m", "triage", "analyze", str(tmp_path), "--csv"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    rows = out.stdout.strip().splitlines()
+    assert rows[0].startswith("study_instance_uid,series_instance_uid")
+    by_detector = {row.split(",")[4]: row for row in rows[1:]}
+    assert set(by_detector) == set(models.DETECTORS)
+    assert "series is head, detector is for cspine" in by_detector["cspine_fracture"]
+    assert by_detector["hemorrhage"].split(",")[5] != ""
+
+
+def test_eval_on_a_labelled_site_folder(tmp_path: Path) -> None:
+    """What a site does with its own data: a DICOM folder plus a labels CSV."""
+    data = tmp_path / "site"
+    run = [sys.executable, "-m", "models"]
+    gen = subprocess.run([*run, "synthetic", "generate", "--region", "head", "--n", "4",
+                          "--seed", "990200", "--max-slices", "36", "--out", str(data)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert gen.returncode == 0, gen.stderr
+    # a site's own CSV: only the two required columns, two more studies known positive
+    rows = [{"study_instance_uid": r["study_instance_uid"], "finding": r["finding"]}
+            for r in csv.DictReader((data / "labels.csv").open())]
+    for offset in range(2):
+        case = generate(sample_case(990_210 + offset, Region.HEAD, finding="hemorrhage",
+                                    max_slices=36))
+        write_case(case, data / f"extra{offset}")
+        rows.append({"study_instance_uid": case.labels["study_instance_uid"],
+                     "finding": "hemorrhage"})
+    labels = tmp_path / "site-labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["study_instance_uid", "finding"])
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "eval"
+    res = subprocess.run([*run, "eval", "hemorrhage", "--data", str(data), "--labels",
+                          str(labels), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "hemorrhage-eval.json").read_text())
+    assert report["overall"]["n"] == 6
+    assert report["overall"]["positives"] >= 2
+    assert (out / "hemorrhage-roc.png").stat().st_size > 1000
+    assert "site data" in report["source"]

@@ -1,0 +1,103 @@
+"""The worklist page in a real headless Chromium against a real `triage web` process."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
+
+from tests.conftest import Proc, free_port, triage_argv, wait_for
+from tests.test_api import _result, stage
+from triage.assembly import Assembler
+from triage.config import DEFAULT_RULES_FILE, load_settings
+from triage.db import Database
+from triage.jobs import Claim, JobLedger
+from triage.rules import load_rules
+from triage.store import Store
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Debian packages chromium and chromium-driver are needed (make test installs them)",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
+    spawn: Callable[..., Proc], browser: Any, tmp_path: Path
+) -> None:
+
+    driver = browser
+    port = free_port()
+    settings = load_settings(data_dir=tmp_path / "data", spool_min_free_mb=0, web_port=port)
+    db = Database(settings.db_url)
+    db.create_schema()
+    store = Store(settings.spool, db)
+    ledger = JobLedger(db)
+    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    stage(store, tmp_path / "stat", 20, priority="STAT")
+    stage(store, tmp_path / "old", 20)
+    assembler.sweep(now=time.time() + 60)
+    env = {**settings.to_env(), "TRIAGE_BROKER_URL": "redis://127.0.0.1:1/0"}
+    web = spawn("web", triage_argv("web"), env)
+    web.wait_output("Uvicorn running", 30)
+
+    driver.get(f"http://127.0.0.1:{port}/")
+
+    def rows() -> list[Any]:
+        return list(driver.find_elements(By.CSS_SELECTOR, "#rows tr"))
+
+    wait_for(lambda: len(rows()) == 2, 20, what="two rows")
+    assert "not for diagnosis" in driver.find_element(By.ID, "notice").text
+
+    # a hemorrhage is found on a new study: the page re-sorts it to the top by itself
+    stage(store, tmp_path / "bleed", 20)
+    (ready,) = [r for r in assembler.sweep(now=time.time() + 120) if r.job_id]
+    claim = ledger.claim(str(ready.job_id), owner="w:1")
+    assert isinstance(claim, Claim)
+    ledger.complete(claim, _result(0.97, True))
+    bleed_uid = str(dcmread(next((tmp_path / "bleed").glob("*.dcm"))).StudyInstanceUID)
+    wait_for(lambda: rows() and rows()[0].get_attribute("data-study") == bleed_uid, 20,
+             what="flagged study on top")
+    top = rows()[0]
+    assert top.get_attribute("data-state") == "FLAGGED"
+    assert "HIGH" in top.text and "intracranial hemorrhage 97%" in top.text
+
+    # feedback: comment + "disagree", stored through the API
+    top.find_element(By.CSS_SELECTOR, ".fb input").send_keys("calcification, not blood")
+    top.find_element(By.CSS_SELECTOR, "button[data-verdict=disagree]").click()
+    wait_for(lambda: "feedback recorded" in driver.find_element(By.ID, "status").text,
+             10, what="feedback acknowledged")
+    driver.get(f"http://127.0.0.1:{port}/api/studies/{bleed_uid}")
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert '"verdict":"disagree"' in body.replace(" ", "")
+    assert "calcification, not blood" in body
+
+    # the filter narrows the list to the flagged study
+    driver.get(f"http://127.0.0.1:{port}/")
+    wait_for(lambda: len(rows()) == 3, 20, what="three rows")
+    Select(driver.find_element(By.ID, "f-finding")).select_by_value("hemorrhage")
+    wait_for(lambda: len(rows()) == 1, 20, what="filtered to one row")
+    db.dispose()
