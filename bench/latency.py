@@ -101,9 +101,9 @@ def main() -> int:
         # one warm-up study, not counted: the worker loads its models on start, but the
         # first call still pays for lazy initialisation in torch
         for index, (folder, uid, slices) in enumerate(studies):
-            sent = subprocess.run(["storescu", "-aec", "TRIAGE", "+sd", "127.0.0.1",
-                                   str(dicom_port), str(folder)], check=False, env=env,
-                                  capture_output=True, timeout=120)
+            sent = subprocess.run(["storescu", "-aec", "TRIAGE", "+sd", "+sp", "*.dcm",
+                                   "127.0.0.1", str(dicom_port), str(folder)], check=False,
+                                  env=env, capture_output=True, timeout=120)
             if sent.returncode != 0:
                 print(sent.stderr.decode()[-2000:])
                 return 1

@@ -69,6 +69,7 @@ def load(name: str, *, device: str = "cpu") -> Detector:
     WeightsError
         Weight file missing or not the one the card names.
     """
+    model_card = card(name)  # raises for an unknown name before any import is tried
     module = importlib.import_module(f"models.{name}")
-    detector: Detector = module.build(card(name), device=device)
+    detector: Detector = module.build(model_card, device=device)
     return detector

@@ -86,14 +86,26 @@ def test_ineligible_volumes_are_refused_with_the_reason(volume: Volume, reason: 
         detector(volume)
 
 
+# Fixed held-out sets (seeds never used in training or validation), one positive and one
+# negative phantom per seed.  The bar is well above chance (a broken weight file or a
+# preprocessing mismatch scores about 0.5) and below each detector's validated AUC (see its
+# model card): hemorrhage 0.98, stroke 0.99, cspine_fracture 0.80.  The fracture detector
+# is the weakest, so it gets more pairs for a steadier estimate.
+FIXED_SET = {  # name: (pairs, minimum AUC)
+    "hemorrhage": (6, 0.9),
+    "stroke": (6, 0.9),
+    "cspine_fracture": (20, 0.7),
+}
+
+
 @pytest.mark.parametrize("name", models.DETECTORS)
 def test_committed_detector_separates_positives_from_negatives(name: str) -> None:
-    """A small fixed held-out set (seeds never used in training or validation)."""
     from models.assess import FINDING_OF, REGION_OF
 
+    pairs, minimum_auc = FIXED_SET[name]
     detector = models.load(name)
-    labels, scores = [], []
-    for offset in range(6):
+    labels, scores, localised = [], [], []
+    for offset in range(pairs):
         for finding in (FINDING_OF[name], "none"):
             case = generate(sample_case(990_000 + offset, REGION_OF[name], finding=finding))
             result = detector(case.volume())
@@ -103,10 +115,13 @@ def test_committed_detector_separates_positives_from_negatives(name: str) -> Non
                 assert result.slice_range is not None
                 first, last = case.labels["findings"][0]["slices"]
                 # the flagged slices overlap the labelled ones (within two slices)
-                assert result.slice_range[0] <= last + 2 and result.slice_range[1] >= first - 2
+                localised.append(result.slice_range[0] <= last + 2
+                                 and result.slice_range[1] >= first - 2)
             assert result.features.shape == (256,)
     auc = roc_auc(np.array(labels), np.array(scores))
-    assert auc >= 0.8, f"{name}: AUC {auc:.2f} on the fixed set; scores {scores}"
+    assert auc >= minimum_auc, f"{name}: AUC {auc:.2f} on the fixed set; scores {scores}"
+    assert localised, f"{name}: no positive flagged"
+    assert sum(localised) >= 0.8 * len(localised), f"{name}: flags elsewhere: {localised}"
 
 
 def test_analyze_command_reports_each_series(tmp_path: Path) -> None:
@@ -133,8 +148,9 @@ def test_eval_on_a_labelled_site_folder(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert gen.returncode == 0, gen.stderr
     # a site's own CSV: only the two required columns, two more studies known positive
-    rows = [{"study_instance_uid": r["study_instance_uid"], "finding": r["finding"]}
-            for r in csv.DictReader((data / "labels.csv").open())]
+    with (data / "labels.csv").open(newline="") as fh:
+        rows = [{"study_instance_uid": r["study_instance_uid"], "finding": r["finding"]}
+                for r in csv.DictReader(fh)]
     for offset in range(2):
         case = generate(sample_case(990_210 + offset, Region.HEAD, finding="hemorrhage",
                                     max_slices=36))

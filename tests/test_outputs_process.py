@@ -84,6 +84,10 @@ def test_results_and_a_retraction_reach_hl7_and_ups(spawn: Callable[..., Proc],
                                   ).all()
         assert [tuple(r) for r in states] == [(1, "ris", "SENT"), (1, "worklist", "SENT"),
                                              (2, "ris", "SENT"), (2, "worklist", "SENT")]
+        detail = client.get(f"/api/studies/{study_uid}").json()
+        assert [(r["version"], r["status"], [d["state"] for d in r["deliveries"]])
+                for r in detail["reports"]] == [(1, "FINAL", ["SENT", "SENT"]),
+                                                (2, "RETRACTED", ["SENT", "SENT"])]
         log = outputs.output()
         assert "Test^Phantom" not in log and "PHANTOM-1" not in log
         assert json.dumps(destinations)  # settings travelled through the environment

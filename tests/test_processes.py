@@ -56,9 +56,9 @@ def test_triage_up_runs_the_whole_service_with_a_private_redis(
     up.wait_output("ready.", 60)  # the worker
     assert (tmp_path / "var" / "redis").is_dir()
     paths = write_head_study(tmp_path / "head", hemorrhage=True)
-    sent = subprocess.run(["storescu", "-aec", "TRIAGE", "+sd", "127.0.0.1", str(dicom_port),
-                           str(tmp_path / "head")], env=DCMTK_ENV, capture_output=True,
-                          timeout=60)
+    sent = subprocess.run(["storescu", "-aec", "TRIAGE", "+sd", "+sp", "*.dcm", "127.0.0.1",
+                           str(dicom_port), str(tmp_path / "head")], env=DCMTK_ENV,
+                          capture_output=True, timeout=60)
     assert sent.returncode == 0, sent.stderr
 
     def flagged() -> Any:

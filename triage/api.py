@@ -137,10 +137,28 @@ class RetractOut(BaseModel):
     version: int = Field(description="the report version that withdraws the result")
 
 
+class DeliveryOut(BaseModel):
+    destination: str
+    state: str = Field(description="PENDING, SENDING, SENT or DEAD (given up)")
+    attempts: int
+    last_error: str | None
+    sent_at: AwareDatetime | None
+
+
+class ReportVersionOut(BaseModel):
+    version: int
+    status: str = Field(description="FINAL, CORRECTED or RETRACTED")
+    priority: Priority
+    reason: str | None
+    created_at: AwareDatetime
+    deliveries: list[DeliveryOut]
+
+
 class StudyDetailOut(BaseModel):
     ai_notice: str = Field(default=AI_NOTICE)
     study: StudyOut
     feedback: list[FeedbackOut]
+    reports: list[ReportVersionOut] = Field(description="what was sent to PACS/RIS/UPS")
 
 
 class HealthOut(BaseModel):
@@ -350,6 +368,7 @@ def create_app(
         return StudyDetailOut(
             study=StudyOut.model_validate(item),
             feedback=[FeedbackOut.model_validate(f) for f in list_feedback(db, study_uid)],
+            reports=[ReportVersionOut.model_validate(r) for r in reports.history(db, study_uid)],
         )
 
     @app.get("/api/studies/{study_uid}/previews/{job_id}/{name}", tags=["worklist"],

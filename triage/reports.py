@@ -200,3 +200,30 @@ def build_report(db: Database, spool: Path, study_uid: str, version: int) -> Stu
         images=tuple(images),
         created_at=dt.datetime.fromtimestamp(row.created_at, dt.UTC),
     )
+
+
+def history(db: Database, study_uid: str) -> list[dict[str, Any]]:
+    """Every report version of a study with the state of each of its deliveries."""
+    with db.read() as conn:
+        versions = conn.execute(
+            sa.select(study_reports.c.version, study_reports.c.status, study_reports.c.priority,
+                      study_reports.c.reason, study_reports.c.created_at)
+            .where(study_reports.c.study_instance_uid == study_uid)
+            .order_by(study_reports.c.version)).all()
+        rows = conn.execute(
+            sa.select(deliveries.c.version, deliveries.c.destination, deliveries.c.state,
+                      deliveries.c.attempts, deliveries.c.last_error, deliveries.c.sent_at)
+            .where(deliveries.c.study_instance_uid == study_uid)
+            .order_by(deliveries.c.version, deliveries.c.destination)).all()
+    out = []
+    for v in versions:
+        out.append({
+            "version": v.version, "status": v.status, "priority": v.priority,
+            "reason": v.reason, "created_at": v.created_at,
+            "deliveries": [
+                {"destination": r.destination, "state": r.state, "attempts": r.attempts,
+                 "last_error": r.last_error, "sent_at": r.sent_at}
+                for r in rows if r.version == v.version
+            ],
+        })
+    return out

@@ -88,10 +88,14 @@ def read_volume(paths: Sequence[Path]) -> Volume:
     datasets = []
     for path in paths:
         try:
-            datasets.append(dcmread(path))
+            dataset = dcmread(path)
         except Exception as exc:
             raise SeriesUnreadable(f"stored file {path.name} is unreadable: "
                                    f"{type(exc).__name__}") from exc
+        if "PixelData" not in dataset:  # pydicom stops quietly at a truncated file
+            raise SeriesUnreadable(f"stored file {path.name} is unreadable: no pixel data "
+                                   "(truncated or damaged on disk)")
+        datasets.append(dataset)
     return volume_from_datasets(datasets)
 
 
