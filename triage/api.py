@@ -27,6 +27,7 @@ from triage.db import Database
 from triage.domain import Priority, QueueName, WorkState
 from triage.errors import ConfigError
 from triage.feedback import FeedbackError, Verdict, list_feedback, record_feedback
+from triage.outputs.report import ReportStatus
 from triage.worklist import list_studies
 
 AI_NOTICE = ("AI triage output: not for diagnosis. Bundled models were trained on synthetic "
@@ -147,7 +148,7 @@ class DeliveryOut(BaseModel):
 
 class ReportVersionOut(BaseModel):
     version: int
-    status: str = Field(description="FINAL, CORRECTED or RETRACTED")
+    status: ReportStatus
     priority: Priority
     reason: str | None
     created_at: AwareDatetime

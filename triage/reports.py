@@ -215,15 +215,11 @@ def history(db: Database, study_uid: str) -> list[dict[str, Any]]:
                       deliveries.c.attempts, deliveries.c.last_error, deliveries.c.sent_at)
             .where(deliveries.c.study_instance_uid == study_uid)
             .order_by(deliveries.c.version, deliveries.c.destination)).all()
-    out = []
-    for v in versions:
-        out.append({
-            "version": v.version, "status": v.status, "priority": v.priority,
-            "reason": v.reason, "created_at": v.created_at,
-            "deliveries": [
-                {"destination": r.destination, "state": r.state, "attempts": r.attempts,
-                 "last_error": r.last_error, "sent_at": r.sent_at}
-                for r in rows if r.version == v.version
-            ],
-        })
-    return out
+    by_version: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_version.setdefault(r.version, []).append(
+            {"destination": r.destination, "state": r.state, "attempts": r.attempts,
+             "last_error": r.last_error, "sent_at": r.sent_at})
+    return [{"version": v.version, "status": v.status, "priority": v.priority,
+             "reason": v.reason, "created_at": v.created_at,
+             "deliveries": by_version.get(v.version, [])} for v in versions]
