@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -77,13 +78,20 @@ def test_results_and_a_retraction_reach_hl7_and_ups(spawn: Callable[..., Proc],
         assert findings and {seg[11] for seg in findings} == {"D"}  # withdrawn observations
         assert "RETRACTED" in second
         assert wait_for(lambda: workitem() == "LOW", 30, what="UPS priority LOW")
-        with db.read() as conn:
-            states = conn.execute(sa.select(deliveries.c.version, deliveries.c.destination,
-                                            deliveries.c.state)
-                                  .order_by(deliveries.c.version, deliveries.c.destination)
-                                  ).all()
-        assert [tuple(r) for r in states] == [(1, "ris", "SENT"), (1, "worklist", "SENT"),
-                                             (2, "ris", "SENT"), (2, "worklist", "SENT")]
+
+        def states() -> list[tuple[Any, ...]]:
+            with db.read() as conn:
+                rows = conn.execute(sa.select(deliveries.c.version, deliveries.c.destination,
+                                              deliveries.c.state)
+                                    .order_by(deliveries.c.version, deliveries.c.destination)
+                                    ).all()
+            return [tuple(r) for r in rows]
+
+        # the receiver has the message before the dispatcher has its ACK and marks it SENT
+        expected = [(1, "ris", "SENT"), (1, "worklist", "SENT"),
+                    (2, "ris", "SENT"), (2, "worklist", "SENT")]
+        wait_for(lambda: states() == expected, 30, what="every delivery SENT")
+        assert states() == expected
         detail = client.get(f"/api/studies/{study_uid}").json()
         assert [(r["version"], r["status"], [d["state"] for d in r["deliveries"]])
                 for r in detail["reports"]] == [(1, "FINAL", ["SENT", "SENT"]),

@@ -83,8 +83,9 @@ def test_triage_up_runs_the_whole_service_with_a_private_redis(
     assert "Stopping listener" in log and "Stopping redis" in log
 
 
-# The listener is killed under this test's own pynetdicom sender; the sender's socket can
-# be collected later unclosed, which is the client library's, not the service's.
+# Once in CI (not reproduced alone) an unclosed socket bound to 127.0.0.1 with no peer was
+# garbage-collected during this test; where it was opened is not yet traced. Tolerated here
+# only, until it is (see the note on issue 4).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_listener_restart_in_the_middle_of_a_series_loses_nothing(
     spawn: Callable[..., Proc], tmp_path: Path, broker_url: str
