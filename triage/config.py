@@ -222,6 +222,32 @@ class Settings(BaseSettings):
         description="UPS event receivers: AE title -> host:port (N-EVENT-REPORT)",
     )
 
+    # Monitoring (drift, out-of-distribution, live performance)
+    drift_reference_size: int = Field(
+        default=500, ge=50,
+        description="analyses per detector that form the drift reference (the first ones "
+        "after installation or after the reference is reset)",
+    )
+    drift_window_size: int = Field(
+        default=200, ge=20, description="most recent analyses compared with the reference",
+    )
+    drift_false_alarm_rate: float = Field(
+        default=0.001, gt=0, lt=0.5,
+        description="per-evaluation false-alarm probability each drift threshold is "
+        "calibrated to by bootstrap on the reference (Bonferroni across tests)",
+    )
+    drift_bootstrap_samples: int = Field(default=1000, ge=100)
+    drift_cache_s: float = Field(
+        default=60.0, ge=0, description="drift statistics are recomputed at most this often",
+    )
+    ppv_alert_margin: float = Field(
+        default=0.10, gt=0, lt=1,
+        description="alert when a stratum's live PPV lower 95% bound is this far below the "
+        "model card's validation PPV",
+    )
+    ppv_min_feedback: int = Field(
+        default=10, ge=1, description="feedback verdicts a stratum needs before it can alert",
+    )
     log_level: LogLevel = "INFO"
 
     @classmethod

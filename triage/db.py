@@ -199,6 +199,55 @@ ups_subscriptions = sa.Table(
 )
 # --- end of UPS -----------------------------------------------------------------------------
 
+# One row per detector run on a series revision: the monitoring record (no PHI).
+# Written by workers.pipeline when a job completes; read by triage.drift, triage.performance
+# and triage.metrics.  ``outcome``: analysed / ood (AI not applicable) / not_eligible.
+analyses = sa.Table(
+    "analyses",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("detector", sa.String(64), primary_key=True),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("series_instance_uid", sa.String(64), nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("analysed_at", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("probability", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("flagged", sa.Boolean),
+    sa.Column("ood_score", sa.Float),  # 1.0 = the calibrated threshold
+    sa.Column("inputs", sa.JSON, nullable=False),  # models.inputs.describe_inputs()
+    sa.Column("features", sa.JSON),  # the detector's feature vector
+    sa.Column("timings", sa.JSON),  # seconds: load, inference, ...
+    sa.Index("ix_analyses_detector_time", "detector", "analysed_at"),
+)
+
+# Report-derived (follow-up) labels per study and detector; owned by triage.performance.
+# Never deleted: the newest row of a (study, detector) is the label in force.
+labels = sa.Table(
+    "labels",
+    metadata,
+    sa.Column("label_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("detector", sa.String(64), nullable=False),
+    sa.Column("positive", sa.Boolean, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),  # e.g. "report", "csv:<file name>"
+    sa.Column("user", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Event counters of processes that have no row per event (listener: associations, refusals),
+# flushed periodically as deltas; owned by triage.metrics.
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("labels", sa.String(256), primary_key=True),  # canonical JSON of the label set
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 schema_info = sa.Table(
     "schema_info",
     metadata,

@@ -1,0 +1,145 @@
+"""Monitoring records: one row per detector run on a series revision (table ``analyses``).
+
+Written once per finished job by :mod:`workers.pipeline` (idempotent: a job's rows are
+inserted with ``ON CONFLICT DO NOTHING``); read by drift, live performance and metrics.
+Rows hold scores, the out-of-distribution score, input descriptions and feature vectors, never
+patient identifiers (the study UID is the join key to feedback and labels and is never
+exported).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from triage.db import Database, analyses
+
+
+class Outcome(enum.StrEnum):
+    """What a detector did with a series."""
+
+    ANALYSED = "analysed"
+    OOD = "ood"  # out of distribution: "AI not applicable", never a silent negative
+    NOT_ELIGIBLE = "not_eligible"
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisRecord:
+    """One detector's monitoring record for one job."""
+
+    job_id: str
+    detector: str
+    model_version: str
+    study_instance_uid: str
+    series_instance_uid: str
+    revision: int
+    analysed_at: float
+    outcome: Outcome
+    inputs: dict[str, Any]
+    probability: float | None = None
+    threshold: float | None = None
+    flagged: bool | None = None
+    ood_score: float | None = None
+    features: list[float] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "detector": self.detector,
+            "model_version": self.model_version,
+            "study_instance_uid": self.study_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "revision": self.revision,
+            "analysed_at": self.analysed_at,
+            "outcome": self.outcome.value,
+            "probability": self.probability,
+            "threshold": self.threshold,
+            "flagged": self.flagged,
+            "ood_score": self.ood_score,
+            "inputs": self.inputs,
+            "features": self.features,
+            "timings": self.timings,
+        }
+
+    @classmethod
+    def from_row(cls, row: Any) -> AnalysisRecord:
+        return cls(
+            job_id=row.job_id,
+            detector=row.detector,
+            model_version=row.model_version,
+            study_instance_uid=row.study_instance_uid,
+            series_instance_uid=row.series_instance_uid,
+            revision=row.revision,
+            analysed_at=row.analysed_at,
+            outcome=Outcome(row.outcome),
+            inputs=dict(row.inputs or {}),
+            probability=row.probability,
+            threshold=row.threshold,
+            flagged=row.flagged,
+            ood_score=row.ood_score,
+            features=list(row.features) if row.features is not None else None,
+            timings=dict(row.timings or {}),
+        )
+
+
+def record(db: Database, records: Iterable[AnalysisRecord]) -> int:
+    """Insert ``records`` (a redelivered job's rows are ignored); the number inserted."""
+    inserted = 0
+    with db.write() as conn:
+        for rec in records:
+            got = conn.execute(db.insert_ignore(analyses).values(**rec.row())).first()
+            inserted += got is not None
+    return inserted
+
+
+def recent(db: Database, detector: str, *, limit: int,
+           outcomes: Sequence[Outcome] = (Outcome.ANALYSED,),
+           with_features: bool = False) -> list[AnalysisRecord]:
+    """The newest ``limit`` records of ``detector``, oldest first."""
+    return _select(db, detector, outcomes, with_features, newest=True, limit=limit)
+
+
+def earliest(db: Database, detector: str, *, limit: int,
+             outcomes: Sequence[Outcome] = (Outcome.ANALYSED,),
+             with_features: bool = False) -> list[AnalysisRecord]:
+    """The first ``limit`` records of ``detector`` (e.g. a drift reference), oldest first."""
+    return _select(db, detector, outcomes, with_features, newest=False, limit=limit)
+
+
+def detectors(db: Database) -> list[str]:
+    """Detectors that have at least one record."""
+    with db.read() as conn:
+        return sorted(conn.execute(sa.select(analyses.c.detector).distinct()).scalars())
+
+
+def _select(db: Database, detector: str, outcomes: Sequence[Outcome], with_features: bool,
+            *, newest: bool, limit: int) -> list[AnalysisRecord]:
+    columns = [c for c in analyses.c if with_features or c.name != "features"]
+    order = analyses.c.analysed_at.desc() if newest else analyses.c.analysed_at.asc()
+    query = (
+        sa.select(*columns)
+        .where(analyses.c.detector == detector,
+               analyses.c.outcome.in_([o.value for o in outcomes]))
+        .order_by(order, analyses.c.job_id)
+        .limit(limit)
+    )
+    with db.read() as conn:
+        rows = list(conn.execute(query))
+    if newest:
+        rows.reverse()
+    out = []
+    for row in rows:
+        mapping = dict(row._mapping)
+        mapping.setdefault("features", None)
+        out.append(AnalysisRecord.from_row(_Row(mapping)))
+    return out
+
+
+class _Row:
+    def __init__(self, mapping: dict[str, Any]) -> None:
+        self.__dict__.update(mapping)
