@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from triage.db import Database, analyses
+from triage.db import Database, analyses, model_info
 
 
 class Outcome(enum.StrEnum):
@@ -138,6 +138,42 @@ def _select(db: Database, detector: str, outcomes: Sequence[Outcome], with_featu
         mapping.setdefault("features", None)
         out.append(AnalysisRecord.from_row(_Row(mapping)))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A detector as its model card describes it (what the workers loaded)."""
+
+    name: str
+    version: str
+    info: dict[str, Any]
+    updated_at: float
+
+    @property
+    def validation_ppv(self) -> float | None:
+        """PPV on the card's held-out validation set (at that set's prevalence)."""
+        value = (self.info.get("validation") or {}).get("ppv")
+        return None if value is None else float(value)
+
+
+def publish_model(db: Database, name: str, version: str, info: dict[str, Any],
+                  now: float) -> None:
+    """Upsert the loaded detector's card summary."""
+    with db.write() as conn:
+        updated = conn.execute(
+            model_info.update().where(model_info.c.name == name)
+            .values(version=version, info=info, updated_at=now)
+        ).rowcount
+        if not updated:
+            conn.execute(db.insert_ignore(model_info).values(
+                name=name, version=version, info=info, updated_at=now))
+
+
+def models_loaded(db: Database) -> dict[str, ModelInfo]:
+    """Every detector a worker has published, by name."""
+    with db.read() as conn:
+        rows = list(conn.execute(sa.select(model_info)))
+    return {r.name: ModelInfo(r.name, r.version, dict(r.info), r.updated_at) for r in rows}
 
 
 class _Row:

@@ -237,6 +237,19 @@ labels = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+# The detectors the workers have loaded, as their model cards describe them; upserted by
+# workers.pipeline when a worker process loads a detector; read by metrics and performance.
+# ``info``: version, threshold, weights_sha256, validation {auc, sensitivity, specificity,
+# ppv, n, positives}, ood {threshold, ...}.
+model_info = sa.Table(
+    "model_info",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("info", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 # Event counters of processes that have no row per event (listener: associations, refusals),
 # flushed periodically as deltas; owned by triage.metrics.
 counters = sa.Table(
