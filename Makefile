@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test check lint typecheck contracts pytest system-deps test-deps venv bench clean
+.PHONY: run test check lint typecheck contracts alert-rules pytest system-deps test-deps venv \
+	bench clean
 
 run: system-deps venv
 	$(VENV)/bin/triage up
@@ -26,12 +27,14 @@ system-deps:
 	fi
 
 # Peers only the tests use: Orthanc as the PACS that receives our DICOM SR/KOS, Chromium and
-# its driver for the worklist page.  Debian starts an Orthanc service listening on all
-# interfaces on install; it is stopped and disabled again (the tests run their own Orthanc in
-# a private network namespace).
+# its driver for the worklist page, promtool (Debian's prometheus) for the alert rules.
+# Debian starts Orthanc and Prometheus services listening on all interfaces on install; they
+# are stopped and disabled again (the tests run their own Orthanc in a private network
+# namespace; promtool needs no server).
 test-deps:
 	@missing=""; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
@@ -41,6 +44,9 @@ test-deps:
 	  case "$$missing" in *orthanc*) \
 	    $(SUDO) systemctl disable --now orthanc 2>/dev/null || \
 	    $(SUDO) service orthanc stop 2>/dev/null || true;; esac; \
+	  case "$$missing" in *prometheus*) \
+	    $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
+	    $(SUDO) service prometheus stop 2>/dev/null || true;; esac; \
 	fi
 
 venv: $(VENV)/.installed
@@ -51,7 +57,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[worker,dev]'
 	touch $@
 
-check: lint typecheck contracts
+check: lint typecheck contracts alert-rules
 
 lint: venv
 	$(VENV)/bin/ruff check triage workers models tests bench
@@ -61,6 +67,12 @@ typecheck: venv
 
 contracts: venv
 	$(VENV)/bin/lint-imports
+
+# The Prometheus alert rules: syntax, then their unit tests (promtool from Debian's prometheus).
+alert-rules:
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
 
 pytest: venv
 	TRIAGE_TEST_POSTGRES_URL="$$(deploy/dev/test-postgres.sh)" $(PY) -m pytest

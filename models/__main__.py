@@ -139,6 +139,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_ood(args: argparse.Namespace) -> int:
+    from models import calibration, cards  # noqa: PLC0415 - torch-heavy, only for this command
+
+    names = models.DETECTORS if args.name == "all" else (args.name,)
+    for name in names:
+        models.card(name)  # unknown names fail before any work
+    summaries = calibration.calibrate(
+        names, fit_cases=args.fit_cases, calibration_cases=args.calibration_cases,
+        check_cases=args.check_cases, workers=args.workers, quantile=args.quantile,
+        progress=progress_printer)
+    for name, section in summaries.items():
+        cards.write_readme(models.card(name))
+        checks = section["checks"]
+        print(f"{name}: thresholds feature {section['feature_threshold']}, intensity "
+              f"{section['intensity_threshold']}; AI-not-applicable rate: held-out "
+              f"{checks['held_out_in_distribution']['ood_rate']}, "
+              + ", ".join(f"{k} {v['ood_rate']}" for k, v in checks.items()
+                          if k != "held_out_in_distribution"))
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from models import assess  # noqa: PLC0415
 
@@ -237,6 +258,17 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--update-card", action="store_true",
                    help="write the results into metadata.json and README.md")
     e.set_defaults(fn=cmd_eval)
+
+    o = sub.add_parser("calibrate-ood",
+                       help="fit and calibrate the out-of-distribution gate of a detector")
+    o.add_argument("name", help=f"{', '.join(models.DETECTORS)} or all")
+    o.add_argument("--fit-cases", type=int, default=300, help="training-seed studies")
+    o.add_argument("--calibration-cases", type=int, default=200,
+                   help="validation-seed studies that set the thresholds")
+    o.add_argument("--check-cases", type=int, default=100, help="held-out studies checked")
+    o.add_argument("--quantile", type=float, default=0.995)
+    o.add_argument("--workers", type=int, default=2)
+    o.set_defaults(fn=cmd_calibrate_ood)
 
     a = sub.add_parser("analyze", help="run the detectors on DICOM folders")
     a.add_argument("paths", nargs="+")

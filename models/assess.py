@@ -258,7 +258,14 @@ def analyze(paths: Iterable[Path], detectors: dict[str, Detector]) -> Iterator[S
                                                  f"{REGION_OF[name].value}"}
                 continue
             try:
-                results[name] = detector(volume).summary()
+                finding = detector(volume)
+                results[name] = finding.summary()
+                if finding.ood is not None and finding.out_of_distribution:
+                    results[name] = {
+                        "not_analysed": "AI not applicable: out of distribution (OOD score "
+                                        f"{finding.ood.score:.2f} > 1.00)",
+                        "ood_score": round(finding.ood.score, 4),
+                    }
             except NotEligibleError as exc:
                 results[name] = {"not_analysed": exc.reason}
             except ModelError as exc:

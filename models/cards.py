@@ -134,6 +134,34 @@ def write_readme(card: ModelCard) -> None:
         if timing:
             lines += ["", f"CPU inference: median {timing['median']} s per study "
                       f"(max {timing['max']} s), {timing['note']}."]
+    ood = data.get("ood")
+    lines += ["", "## Out-of-distribution gate"]
+    if not ood:
+        lines.append("Not calibrated: run `triage models calibrate-ood "
+                     f"{card.name}`. Without it every eligible study gets a score.")
+    else:
+        checks = ood["checks"]
+
+        def rate(key: str) -> str:
+            c = checks.get(key) or {}
+            return "n/a" if c.get("ood_rate") is None else f"{c['ood_rate']:.3f} of {c['studies']}"
+
+        lines += [
+            "Every study gets an OOD score: " + ood["method"] + ". Above 1.0 the worklist "
+            "shows *AI not applicable: out of distribution* instead of a result, never a "
+            "silent negative.",
+            "",
+            f"- Reference: {ood['fit']} ({ood['fit_studies']} studies); thresholds at the "
+            f"{ood['quantile']} quantile of {ood['calibration']} ({ood['calibration_studies']} "
+            f"studies); reference file `{ood['file']}`, sha256 `{ood['sha256']}` (checked at "
+            "every load).",
+            f"- Rate of *AI not applicable* ({ood['checks_on']}, {ood['date']}): "
+            f"in-distribution {rate('held_out_in_distribution')}; HU calibration +50 HU "
+            f"{rate('hu_offset_+50')}; +150 HU {rate('hu_offset_+150')}; the other body "
+            f"region with its body-part tag removed {rate('other_region')}.",
+            "- The reference is synthetic: on real CT expect many studies to score as out of "
+            "distribution until a site re-fits the reference on its own accepted studies.",
+        ]
     lines += [
         "",
         "## Limitations",
@@ -147,6 +175,7 @@ def write_readme(card: ModelCard) -> None:
         f"triage models train {card.name}            # regenerates data, trains, writes weights",
         f"triage models eval {card.name} --update-card   # held-out synthetic seeds",
         f"triage models eval {card.name} --data SITE_DICOM/ --labels labels.csv",
+        f"triage models calibrate-ood {card.name}    # refits the out-of-distribution gate",
         "```",
         "",
         "## History",

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from models.ood import OODReference, OODScore
 from models.preprocess import Preprocessing
 from models.volume import Volume
 
@@ -134,6 +135,34 @@ class ModelCard:
     def weights_path(self) -> Path:
         return self.folder / self.weights_file
 
+    @property
+    def ood(self) -> dict[str, Any] | None:
+        """The card's ``ood`` section (reference file, sha256, thresholds), if calibrated."""
+        section = self.raw.get("ood")
+        return dict(section) if isinstance(section, dict) else None
+
+    def verified_ood_reference(self) -> OODReference | None:
+        """The OOD reference named by the card, checked like the weights; ``None`` if none.
+
+        Raises
+        ------
+        WeightsError
+            The card names a reference file that is missing or has another sha256.
+        """
+        section = self.ood
+        if section is None:
+            return None
+        path = self.folder / str(section["file"])
+        if not path.is_file():
+            raise WeightsError(f"{self.name}: OOD reference {path} is missing")
+        digest = sha256_file(path)
+        if digest != section["sha256"]:
+            raise WeightsError(
+                f"{self.name}: OOD reference {path.name} has sha256 {digest[:16]}…, the model "
+                f"card expects {str(section['sha256'])[:16]}…"
+            )
+        return OODReference.load(path)
+
     def verified_weights(self) -> Path:
         """The weight file, after checking it exists and matches the card's sha256.
 
@@ -177,6 +206,12 @@ class Finding:
     slice_probabilities: tuple[float, ...]  # per resampled slice
     features: np.ndarray  # float32 feature vector for OOD and drift monitoring
     timings_s: dict[str, float]
+    ood: OODScore | None = None  # None when the card has no OOD reference
+
+    @property
+    def out_of_distribution(self) -> bool:
+        """The input is outside the training distribution: the result must not be trusted."""
+        return self.ood is not None and self.ood.out_of_distribution
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly result (without the feature vector)."""
@@ -189,6 +224,8 @@ class Finding:
             "slice_range": list(self.slice_range) if self.slice_range else None,
             "z_range_mm": [round(v, 1) for v in self.z_range_mm] if self.z_range_mm else None,
             "key_slice": self.key_slice,
+            "ood_score": round(self.ood.score, 4) if self.ood is not None else None,
+            "ood": self.ood.summary() if self.ood is not None else None,
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
         }
 

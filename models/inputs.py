@@ -105,13 +105,21 @@ def hu_histogram(values: np.ndarray) -> list[float]:
     return [round(float(c) / total, 6) for c in counts]
 
 
+def _body_voxels(slices: np.ndarray) -> np.ndarray:
+    body = slices[slices > BODY_THRESHOLD_HU]
+    return body if body.size else slices.reshape(-1)
+
+
+def intensity_histogram(volume: Volume) -> np.ndarray:
+    """HU histogram (fractions) of the body voxels of a subsample of slices."""
+    return np.asarray(hu_histogram(_body_voxels(_sample_slices(volume))), dtype=np.float64)
+
+
 def describe_inputs(volume: Volume) -> dict[str, Any]:
     """Acquisition, intensity and strata description of ``volume`` (JSON-friendly, no PHI)."""
     meta = volume.meta
     slices = _sample_slices(volume)
-    body = slices[slices > BODY_THRESHOLD_HU]
-    if body.size == 0:
-        body = slices.reshape(-1)
+    body = _body_voxels(slices)
     p05, median, p95 = (float(v) for v in np.percentile(body, [5, 50, 95]))
     low, high = SOFT_TISSUE_HU
     soft = body[(body > low) & (body < high)]

@@ -18,6 +18,7 @@ from monai.networks.nets.resnet import ResNet
 from torch import nn
 
 from models.detector import Finding, ModelCard, NotEligibleError
+from models.inputs import intensity_histogram
 from models.preprocess import Prepared, prepare
 from models.volume import Volume
 
@@ -106,6 +107,7 @@ class SliceDetector:
         state = torch.load(card.verified_weights(), map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
         self.net.to(self.device).eval()
+        self.ood_reference = card.verified_ood_reference()
 
     def eligibility(self, volume: Volume) -> str | None:
         return self.card.eligibility.check(volume)
@@ -124,6 +126,9 @@ class SliceDetector:
         scored_at = time.perf_counter()
         study, key, run = aggregate(probs, self.card.threshold)
         features = np.concatenate([feats.mean(axis=0), feats[key]]).astype(np.float32)
+        ood = None
+        if self.ood_reference is not None:
+            ood = self.ood_reference.score(features, intensity_histogram(volume))
         slice_range = z_range = None
         if run is not None:
             src = prepared.source_index
@@ -140,5 +145,7 @@ class SliceDetector:
             key_slice=int(prepared.source_index[key]),
             slice_probabilities=tuple(float(p) for p in probs),
             features=features,
-            timings_s={"preprocess": prepared_at - started, "inference": scored_at - prepared_at},
+            timings_s={"preprocess": prepared_at - started, "inference": scored_at - prepared_at,
+                       "ood": time.perf_counter() - scored_at},
+            ood=ood,
         )

@@ -18,13 +18,15 @@ from pydicom import dcmread
 from tests.conftest import Proc, wait_for, worker_argv
 from tests.dicom_factory import write_series
 from tests.synthetic_studies import write_head_study
+from triage import analyses
 from triage.assembly import Assembler
 from triage.config import DEFAULT_RULES_FILE, Settings, load_settings
 from triage.db import Database, jobs
-from triage.domain import JobMessage, JobState, QueueName
+from triage.domain import JobMessage, JobState, QueueName, WorkState
 from triage.jobs import JobLedger, JobView
 from triage.rules import RoutingRules, load_rules
 from triage.store import Store
+from triage.worklist import list_studies
 from workers.app import ANALYZE_SERIES, create_app
 
 pytestmark = pytest.mark.integration
@@ -112,14 +114,56 @@ def test_job_runs_the_detectors_in_a_real_worker(spawn: Callable[..., Proc], rig
     assert bleed["model_version"] == "0.1.0" and len(bleed["weights_sha256"]) == 64
     uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
     assert bleed["key_sop_instance_uid"] in uids
-    assert len(bleed["features"]) == 256
+    assert "features" not in bleed  # kept in the monitoring record, not in the result
     preview = rig.settings.data_dir / "previews" / job_id / bleed["preview"]
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert view.result["volume"]["slices"] == len(paths)
+    assert "monitoring" not in view.result
+    # the monitoring record: one row per detector, scores, OOD score, inputs, features
+    records = {r.detector: r for name in ("hemorrhage", "stroke")
+               for r in analyses.recent(rig.db, name, limit=5, with_features=True)}
+    assert set(records) == {"hemorrhage", "stroke"}
+    rec = records["hemorrhage"]
+    assert rec.job_id == job_id and rec.outcome is analyses.Outcome.ANALYSED
+    assert rec.flagged and rec.probability == pytest.approx(bleed["probability"], abs=1e-3)
+    assert rec.ood_score is not None and rec.ood_score <= 1.0
+    assert rec.features is not None and len(rec.features) == 256
+    assert rec.inputs["manufacturer"] and rec.inputs["slice_thickness_mm"] > 0
+    assert rec.inputs["age_band"] in {"<40", "40-64", ">=65"}
+    assert "PatientName" not in str(rec.inputs)
+    cards = analyses.models_loaded(rig.db)
+    assert {"hemorrhage", "stroke"} <= set(cards)
+    assert cards["hemorrhage"].version == "0.1.0"
+    assert 0.5 < (cards["hemorrhage"].validation_ppv or 0) <= 1.0
     # a duplicate delivery is a no-op
     rig.publish(JobMessage(job_id, QueueName.ROUTINE))
     time.sleep(2)
     assert rig.job(job_id).attempts == 1
+    assert len(analyses.recent(rig.db, "hemorrhage", limit=5)) == 1
+
+
+def test_out_of_distribution_study_says_ai_not_applicable(spawn: Callable[..., Proc],
+                                                          rig: Rig) -> None:
+    """A scanner whose HU calibration is off by +150 HU: no silent negative."""
+    paths = write_head_study(rig.tmp / "bright", hemorrhage=False)
+    for path in paths:
+        ds = dcmread(path)
+        ds.RescaleIntercept = float(ds.RescaleIntercept) + 150
+        ds.save_as(path)
+    job_id = rig.stage_paths(paths)
+    start_worker(spawn, rig)
+    rig.ledger.publish_pending(rig.publish)
+    view = rig.wait_state(job_id, JobState.DONE, 120)
+    assert view.result is not None and view.result["findings"] == []
+    assert "hemorrhage: AI not applicable: out of distribution" in view.result["not_analysed"]
+    assert "stroke: AI not applicable: out of distribution" in view.result["not_analysed"]
+    (study,) = list_studies(rig.db)
+    assert study.state is WorkState.NOT_ANALYSED
+    assert "out of distribution" in (study.series[0].reason or "")
+    (rec,) = analyses.recent(rig.db, "hemorrhage", limit=5,
+                             outcomes=list(analyses.Outcome))
+    assert rec.outcome is analyses.Outcome.OOD and (rec.ood_score or 0) > 1.0
+    assert rec.inputs["hu_median"] > 100  # the shift is visible in the inputs too
 
 
 def test_ineligible_series_is_not_analysed_with_the_reason(spawn: Callable[..., Proc],

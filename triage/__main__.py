@@ -94,6 +94,7 @@ def _publisher(settings: Settings) -> Callable[[Any], None]:
 def cmd_listen(settings: Settings) -> int:
     """DICOM listener plus the assembly sweeper (publishes the job outbox)."""
     from triage.assembly import Assembler, Sweeper
+    from triage.counters import EventCounters
     from triage.db import Database
     from triage.jobs import JobLedger
     from triage.listener import Listener
@@ -118,8 +119,11 @@ def cmd_listen(settings: Settings) -> int:
         release_grace_s=settings.release_grace_s,
         max_series_wait_s=settings.max_series_wait_s,
     )
-    sweeper = Sweeper(assembler, ledger, _publisher(settings), interval_s=settings.sweep_interval_s)
-    listener = Listener(settings, store, on_stored=sweeper.wake, on_released=sweeper.wake)
+    counters = EventCounters()  # flushed to the index DB by the listener, exported by `web`
+    sweeper = Sweeper(assembler, ledger, _publisher(settings), interval_s=settings.sweep_interval_s,
+                      counters=counters)
+    listener = Listener(settings, store, on_stored=sweeper.wake, on_released=sweeper.wake,
+                        counters=counters)
     try:
         listener.start()
     except OSError as exc:
@@ -134,6 +138,7 @@ def cmd_listen(settings: Settings) -> int:
     finally:
         listener.stop()
         sweeper.stop()
+        listener.flusher.flush_now(last=True)  # what the sweeper counted after the last flush
         db.dispose()
     return 0
 

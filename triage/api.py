@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email
+import email.policy
 import html
 import logging
 import os
@@ -18,7 +20,9 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from triage import __version__, reports
 from triage.auth import SessionSigner, User, UserDirectory, is_loopback, load_secret
@@ -27,14 +31,28 @@ from triage.db import Database
 from triage.domain import Priority, QueueName, WorkState
 from triage.errors import ConfigError
 from triage.feedback import FeedbackError, Verdict, list_feedback, record_feedback
+from triage.metrics import build_registry
 from triage.outputs.report import ReportStatus
+from triage.performance import (
+    LabelFormatError,
+    PerformanceRow,
+    import_labels,
+    import_labels_csv,
+    live_performance,
+)
 from triage.worklist import list_studies
 
 AI_NOTICE = ("AI triage output: not for diagnosis. Bundled models were trained on synthetic "
              "phantoms only. Every study stays on the list.")
 PAGE = Path(__file__).parent / "web" / "index.html"
+PERFORMANCE_PAGE = Path(__file__).parent / "web" / "performance.html"
+PERFORMANCE_NOTICE = (
+    "Monitoring of AI output, not a diagnosis. The model card's validation PPV holds at the "
+    "synthetic validation set's prevalence; a site's PPV moves with its own prevalence.")
+MAX_LABEL_UPLOAD = 10 * 2**20
 SESSION_COOKIE = "triage_session"
-_PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout"})
+# /metrics carries counts, durations and model names only (no PHI): Prometheus scrapes it.
+_PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout", "/metrics"})
 _JOB_ID = re.compile(r"^[0-9a-f-]{36}$")
 _PREVIEW = re.compile(r"^[a-z_]{1,32}\.png$")
 
@@ -162,6 +180,76 @@ class StudyDetailOut(BaseModel):
     reports: list[ReportVersionOut] = Field(description="what was sent to PACS/RIS/UPS")
 
 
+class PerformanceRowOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    detector: str
+    model_version: str
+    stratum: str = Field(description="overall, age_band, sex, vendor or thickness_band")
+    value: str = Field(description="the stratum's value; 'all' for overall")
+    n_verdicts: int = Field(description="agree + disagree, newest verdict per finding")
+    n_agree: int = Field(description="true positives (agree)")
+    n_unsure: int = Field(description="unsure verdicts, left out of the PPV")
+    ppv: float | None
+    ppv_ci: tuple[float, float] | None = Field(description="Wilson 95% interval")
+    n_labelled_positives: int = Field(description="follow-up positives the AI analysed")
+    n_detected: int = Field(description="of those, flagged by the AI")
+    sensitivity: float | None
+    sensitivity_ci: tuple[float, float] | None
+    n_labelled_negatives: int = Field(description="follow-up negatives the AI analysed")
+    n_true_negatives: int
+    specificity: float | None
+    specificity_ci: tuple[float, float] | None
+    n_labelled_ood: int = Field(description="labelled, but AI not applicable (out of "
+                                "distribution): not counted as negatives")
+    n_labelled_not_eligible: int
+    card_ppv: float | None = Field(description="the model card's validation PPV")
+    alert: bool
+    note: str = Field(description="why the row alerts, or why it cannot")
+
+
+class PerformanceOut(BaseModel):
+    notice: str = Field(default=PERFORMANCE_NOTICE)
+    ppv_alert_margin: float
+    ppv_min_feedback: int
+    rows: list[PerformanceRowOut]
+
+
+class LabelIn(BaseModel):
+    study_instance_uid: str
+    detector: str
+    positive: bool | int | str = Field(description="true/false, 1/0 or yes/no")
+
+
+class LabelErrorOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    line: int = Field(description="CSV line (header = 1), or 1-based position in the list")
+    message: str
+
+
+class LabelImportOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    imported: int = Field(description="new labels stored")
+    unchanged: int = Field(description="equal to the label in force from the same source")
+    errors: list[LabelErrorOut] = Field(description="rows not imported, and why")
+
+
+def _csv_upload(content_type: str, body: bytes) -> tuple[str | None, bytes]:
+    """(file name, bytes) of a label CSV sent raw or as the multipart field ``file``."""
+    if not content_type.startswith("multipart/form-data"):
+        return None, body
+    message = email.message_from_bytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body,
+        policy=email.policy.HTTP)
+    for part in message.iter_parts() if message.is_multipart() else ():
+        if part.get_param("name", header="content-disposition") == "file":
+            payload = part.get_payload(decode=True)
+            return part.get_filename(), payload if isinstance(payload, bytes) else b""
+    raise HTTPException(400, "multipart upload needs a field named 'file'")
+
+
 class HealthOut(BaseModel):
     status: str
     version: str
@@ -267,7 +355,7 @@ def create_app(
             return response
         user = current_user(request)
         if user is None:
-            if request.url.path == "/" and request.method == "GET":
+            if request.url.path in ("/", "/performance") and request.method == "GET":
                 return RedirectResponse("/login", status_code=303)
             return JSONResponse({"detail": "login required"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Basic realm="triage"'})
@@ -326,6 +414,14 @@ def create_app(
         ready = all(v == "ok" for v in results.values())
         body = ReadyOut(ready=ready, checks=results)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    registry = build_registry(settings, db)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    def metrics() -> Response:
+        """Prometheus metrics of the whole installation, read from the index DB and Redis."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     severity = dict(settings.finding_severity)
 
@@ -417,5 +513,76 @@ def create_app(
         logger.warning("AI result of a study retracted by %s (report version %d)",
                        request.state.user, version)
         return RetractOut(version=version)
+
+    @app.get("/performance", response_class=HTMLResponse, include_in_schema=False)
+    def performance_page() -> HTMLResponse:
+        """The live-performance page (polls /api/performance)."""
+        return HTMLResponse(PERFORMANCE_PAGE.read_text(encoding="utf-8"),
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/performance", response_model=PerformanceOut, tags=["performance"])
+    def performance() -> PerformanceOut:
+        """Live PPV (radiologists' verdicts on flagged findings: agree = true positive,
+        disagree = false positive, unsure left out) and sensitivity/specificity (follow-up
+        labels) per detector version, overall and by age band, sex, vendor and slice
+        thickness, with Wilson 95% intervals and the PPV alert.  Monitoring, not diagnosis."""
+        rows: list[PerformanceRow] = live_performance(db, settings)
+        return PerformanceOut(ppv_alert_margin=settings.ppv_alert_margin,
+                              ppv_min_feedback=settings.ppv_min_feedback,
+                              rows=[PerformanceRowOut.model_validate(r) for r in rows])
+
+    def admin_only(request: Request) -> str:
+        if request.state.role != "admin":
+            raise HTTPException(403, "only admins can import follow-up labels")
+        return str(request.state.user)
+
+    @app.post("/api/labels", response_model=LabelImportOut, tags=["performance"],
+              responses={400: {"description": "bad source"},
+                         403: {"description": "admins only"}})
+    def post_labels(body: list[LabelIn], request: Request,
+                    source: str = Query(default="api", min_length=1, max_length=64,
+                                        description="where the labels come from")
+                    ) -> LabelImportOut:
+        """Import follow-up labels (admin); each row is checked on its own, good rows are
+        stored, bad rows come back in ``errors``; re-importing the same rows adds nothing."""
+        user = admin_only(request)
+        result = import_labels(db, [item.model_dump() for item in body], user=user,
+                               source=source)
+        return LabelImportOut.model_validate(result)
+
+    @app.post("/api/labels/csv", response_model=LabelImportOut, tags=["performance"],
+              responses={400: {"description": "not a label CSV"},
+                         403: {"description": "admins only"},
+                         413: {"description": "larger than 10 MiB"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "text/csv": {"schema": {"type": "string"}},
+                  "multipart/form-data": {"schema": {
+                      "type": "object", "required": ["file"],
+                      "properties": {"file": {"type": "string", "format": "binary"}}}},
+              }}})
+    async def post_labels_csv(
+        request: Request,
+        source: str | None = Query(default=None, min_length=1, max_length=64,
+                                   description="default: csv:<uploaded file name>"),
+    ) -> LabelImportOut:
+        """Import follow-up labels from a CSV (admin), sent as the body or uploaded as the
+        form field ``file``; header ``study_instance_uid,detector,positive``.  Errors are
+        reported per CSV line; the good lines are stored."""
+        user = admin_only(request)
+        body = await request.body()
+        if len(body) > MAX_LABEL_UPLOAD:
+            raise HTTPException(413, "label files are limited to 10 MiB")
+        name, data = _csv_upload(request.headers.get("content-type", ""), body)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise HTTPException(400, "the CSV must be UTF-8 text") from None
+        label_source = source or f"csv:{name or 'upload'}"[:64]
+        try:
+            result = await run_in_threadpool(import_labels_csv, db, text, user=user,
+                                             source=label_source)
+        except LabelFormatError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return LabelImportOut.model_validate(result)
 
     return app

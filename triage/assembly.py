@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
+from triage.counters import SERIES_NOT_ANALYSED, SERIES_READY, EventCounters
 from triage.db import Database, series
 from triage.domain import ReadyTrigger, SeriesState
 from triage.jobs import JobLedger, Publish
@@ -212,6 +213,8 @@ class Sweeper:
         Time between passes when nothing wakes the thread.
     reconcile_interval_s
         Time between reconciliation passes.
+    counters
+        Where ready series are counted by trigger (flushed by the listener's counter flusher).
     """
 
     def __init__(
@@ -222,8 +225,10 @@ class Sweeper:
         *,
         interval_s: float = 0.5,
         reconcile_interval_s: float = 5.0,
+        counters: EventCounters | None = None,
     ) -> None:
         self.assembler = assembler
+        self.counters = counters
         self.ledger = ledger
         self.publish = publish
         self.interval_s = interval_s
@@ -237,6 +242,11 @@ class Sweeper:
     def run_once(self) -> SweepReport:
         """One pass; exceptions from the database propagate, broker errors do not."""
         ready = self.assembler.sweep()
+        if self.counters is not None:
+            for item in ready:
+                self.counters.inc(SERIES_READY, trigger=item.trigger.value)
+                if item.job_id is None:
+                    self.counters.inc(SERIES_NOT_ANALYSED, trigger=item.trigger.value)
         reconciled = 0
         if time.monotonic() - self._last_reconcile >= self.reconcile_interval_s:
             reconciled = self.ledger.reconcile()

@@ -251,7 +251,7 @@ model_info = sa.Table(
 )
 
 # Event counters of processes that have no row per event (listener: associations, refusals),
-# flushed periodically as deltas; owned by triage.metrics.
+# flushed periodically as deltas; owned by triage.counters, read by triage.metrics.
 counters = sa.Table(
     "counters",
     metadata,

@@ -46,6 +46,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from triage.association import tune
 from triage.config import Settings
+from triage.counters import (
+    ASSOCIATIONS,
+    INSTANCES_RECEIVED,
+    STORE_ERRORS,
+    CounterFlusher,
+    EventCounters,
+)
 from triage.domain import StoreOutcome
 from triage.errors import InvalidInstanceError, OutOfResourcesError
 from triage.store import Store
@@ -123,7 +130,10 @@ def handle_conn_open(event: evt.Event, poll_interval_s: float) -> None:
     tune(event.assoc, poll_interval_s)
 
 
-def handle_accepted(event: evt.Event, tracker: AssociationTracker) -> None:
+def handle_accepted(event: evt.Event, tracker: AssociationTracker,
+                    counters: EventCounters | None = None) -> None:
+    if counters is not None:
+        counters.inc(ASSOCIATIONS, event="accepted")
     info = tracker.open(event.assoc)
     logger.info("Association accepted from %s (%s)", info.calling_ae, info.peer)
 
@@ -133,16 +143,23 @@ def handle_echo(event: evt.Event) -> int:
     return STATUS_SUCCESS
 
 
+def handle_rejected(event: evt.Event, counters: EventCounters) -> None:
+    """A-ASSOCIATE-RJ sent (e.g. a calling AE title not on the allowlist)."""
+    counters.inc(ASSOCIATIONS, event="rejected")
+
+
 def handle_store(
     event: evt.Event,
     store: Store,
     tracker: AssociationTracker,
     on_stored: Callable[[], None] | None = None,
+    counters: EventCounters | None = None,
 ) -> int:
     """C-STORE: make the instance durable and indexed, then answer.
 
     pynetdicom streams the data set to a temporary Part 10 file (``event.dataset_path``),
     which it deletes once this handler returns; :meth:`Store.ingest` moves it first.
+    Each outcome is counted in ``counters`` (flushed to the index DB by the listener).
     """
     info = tracker.get(event.assoc)
     request = cast(C_STORE, event.request)
@@ -156,6 +173,8 @@ def handle_store(
             expected_sop_class_uid=str(request.AffectedSOPClassUID or "") or None,
         )
     except InvalidInstanceError as exc:
+        if counters is not None:
+            counters.inc(STORE_ERRORS, reason=f"0x{exc.status:04X}")
         info.refused += 1
         logger.warning(
             "Refused instance %s from %s with 0x%04X: %s",
@@ -163,12 +182,20 @@ def handle_store(
         )
         return exc.status
     except OutOfResourcesError as exc:
+        if counters is not None:
+            counters.inc(STORE_ERRORS, reason="0xA700")
         info.refused += 1
         logger.error(
             "Cannot store instance %s from %s, answered 0xA700 (sender will retry): %s",
             sop_uid, info.calling_ae, exc,
         )
         return STATUS_OUT_OF_RESOURCES
+    except Exception:
+        if counters is not None:  # pynetdicom answers 0xC211 and logs the traceback
+            counters.inc(STORE_ERRORS, reason="0xC211")
+        raise
+    if counters is not None:
+        counters.inc(INSTANCES_RECEIVED, outcome=result.outcome.value)
     if result.outcome is StoreOutcome.DUPLICATE:
         info.duplicates += 1
         logger.debug("Duplicate instance %s from %s", sop_uid, info.calling_ae)
@@ -185,8 +212,11 @@ def handle_released(
     store: Store,
     tracker: AssociationTracker,
     on_released: Callable[[], None] | None = None,
+    counters: EventCounters | None = None,
 ) -> None:
     """A-RELEASE: the sender says it is done; start the release grace of its series."""
+    if counters is not None:
+        counters.inc(ASSOCIATIONS, event="released")
     info = tracker.close(event.assoc)
     if info is None:
         return
@@ -203,8 +233,11 @@ def handle_released(
         on_released()
 
 
-def handle_aborted(event: evt.Event, tracker: AssociationTracker) -> None:
+def handle_aborted(event: evt.Event, tracker: AssociationTracker,
+                   counters: EventCounters | None = None) -> None:
     """A-ABORT: the transfer may be incomplete, so only the quiet timer completes its series."""
+    if counters is not None:
+        counters.inc(ASSOCIATIONS, event="aborted")
     info = tracker.close(event.assoc)
     if info is not None:
         logger.warning(
@@ -241,6 +274,10 @@ class Listener:
         Where instances go.
     on_stored, on_released
         Called after each stored instance / released association (e.g. to wake the sweeper).
+    counters
+        Event counters (associations, instances, refusals) of this process; default: new ones.
+        :meth:`start` starts a thread that flushes them to ``store.db`` every
+        ``counter_flush_interval_s``; :meth:`stop` flushes them a last time.
     """
 
     def __init__(
@@ -250,6 +287,8 @@ class Listener:
         *,
         on_stored: Callable[[], None] | None = None,
         on_released: Callable[[], None] | None = None,
+        counters: EventCounters | None = None,
+        counter_flush_interval_s: float = 5.0,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -257,6 +296,9 @@ class Listener:
         self.ae = build_ae(settings)
         self._on_stored = on_stored
         self._on_released = on_released
+        self.counters = counters if counters is not None else EventCounters()
+        self.flusher = CounterFlusher(self.counters, store.db,
+                                      interval_s=counter_flush_interval_s)
         self._server: Any = None
 
     def start(self) -> tuple[str, int]:
@@ -273,11 +315,14 @@ class Listener:
             )
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, handle_conn_open, [self.settings.dicom_poll_interval_s]),
-            (evt.EVT_ACCEPTED, handle_accepted, [self.tracker]),
+            (evt.EVT_ACCEPTED, handle_accepted, [self.tracker, self.counters]),
+            (evt.EVT_REJECTED, handle_rejected, [self.counters]),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.store, self.tracker, self._on_stored]),
-            (evt.EVT_RELEASED, handle_released, [self.store, self.tracker, self._on_released]),
-            (evt.EVT_ABORTED, handle_aborted, [self.tracker]),
+            (evt.EVT_C_STORE, handle_store,
+             [self.store, self.tracker, self._on_stored, self.counters]),
+            (evt.EVT_RELEASED, handle_released,
+             [self.store, self.tracker, self._on_released, self.counters]),
+            (evt.EVT_ABORTED, handle_aborted, [self.tracker, self.counters]),
         ]
         self._server = self.ae.start_server(
             (self.settings.dicom_host, self.settings.dicom_port),
@@ -285,6 +330,7 @@ class Listener:
             evt_handlers=handlers,
         )
         host, port = self._server.server_address[:2]
+        self.flusher.start()
         logger.info("DICOM listener %s on %s:%d", self.settings.ae_title, host, port)
         return str(host), int(port)
 
@@ -294,3 +340,4 @@ class Listener:
             self._server.shutdown()
             self._server = None
         self.ae.shutdown()
+        self.flusher.stop()

@@ -114,8 +114,13 @@ def _series_state(row: Any, findings: tuple[FindingItem, ...]) -> tuple[WorkStat
         result = row.job_result or {}
         if result.get("not_analysed"):
             return WorkState.NOT_ANALYSED, str(result["not_analysed"])
+        # Detectors that did not run beside those that did (e.g. "AI not applicable: out
+        # of distribution") are named, so their silence is never read as a negative.
+        partial = "; ".join(f"{s['detector']}: {s['reason']}"
+                            for s in result.get("skipped") or () if s.get("reason")) or None
         if any(f.flagged for f in findings):
-            return WorkState.FLAGGED, None
+            return WorkState.FLAGGED, partial
+        return WorkState.NO_FINDINGS, partial
     return work, row.job_error if work is WorkState.FAILED else None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from pydicom import dcmread
 
 import models
 from models.detector import Detector, Finding, NotEligibleError
+from models.inputs import describe_inputs
 from models.volume import Volume, VolumeError, volume_from_datasets
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class DetectorPool:
     """Detectors of this process, loaded on first use and kept warm."""
 
     device: str = "cpu"
+    on_load: Callable[[Detector], None] | None = None  # e.g. publish the card to the index
     _loaded: dict[str, Detector] = field(default_factory=dict)
 
     def get(self, name: str) -> Detector:
@@ -72,6 +74,11 @@ class DetectorPool:
             logger.info("Loaded detector %s %s on %s in %.1f s (pid %d)", name,
                         detector.card.version, self.device, time.perf_counter() - started,
                         os.getpid())
+            if self.on_load is not None:
+                try:
+                    self.on_load(detector)
+                except Exception:
+                    logger.exception("Could not publish the card of detector %s", name)
         return detector
 
 
@@ -139,8 +146,57 @@ def _finding_json(detector: Detector, finding: Finding, volume: Volume,
         "key_sop_instance_uid": key_uid or None,
         "slices": volume.shape[0],
         "preview": preview,
-        "features": [round(float(v), 5) for v in finding.features],
     }
+
+
+def card_summary(detector: Detector) -> dict[str, Any]:
+    """What the service needs to know of a loaded detector's card (``model_info`` row)."""
+    card = detector.card
+    validation: dict[str, Any] = {}
+    overall = (card.raw.get("performance") or {}).get("overall")
+    if overall:
+        n, positives = int(overall["n"]), int(overall["positives"])
+        sens = float(overall["sensitivity"]["value"])
+        spec = float(overall["specificity"]["value"])
+        true_pos, false_pos = sens * positives, (1.0 - spec) * (n - positives)
+        validation = {
+            "auc": overall["auc"]["value"],
+            "sensitivity": sens,
+            "specificity": spec,
+            "ppv": round(true_pos / (true_pos + false_pos), 4) if true_pos + false_pos else None,
+            "n": n,
+            "positives": positives,
+            "source": card.raw["performance"].get("source"),
+        }
+    ood = card.ood or {}
+    return {
+        "version": card.version,
+        "task": card.task,
+        "threshold": card.threshold,
+        "weights_sha256": card.weights_sha256,
+        "validation": validation,
+        "ood": {k: ood[k] for k in ("feature_threshold", "intensity_threshold",
+                                    "calibration_ood_rate", "quantile") if k in ood},
+    }
+
+
+def _monitoring(detector: Detector, outcome: str, finding: Finding | None) -> dict[str, Any]:
+    """The per-detector monitoring record (written to the ``analyses`` table)."""
+    record: dict[str, Any] = {
+        "detector": detector.card.name,
+        "model_version": detector.card.version,
+        "outcome": outcome,
+        "threshold": detector.card.threshold,
+    }
+    if finding is not None:
+        record.update(
+            probability=round(finding.probability, 5),
+            flagged=finding.flagged and outcome == "analysed",
+            ood_score=round(finding.ood.score, 4) if finding.ood is not None else None,
+            features=[round(float(v), 5) for v in finding.features],
+            timings={k: round(v, 4) for k, v in finding.timings_s.items()},
+        )
+    return record
 
 
 def analyse_series(pool: DetectorPool, paths: Sequence[Path], detectors: Sequence[str], *,
@@ -167,8 +223,10 @@ def analyse_series(pool: DetectorPool, paths: Sequence[Path], detectors: Sequenc
                 "summary": f"not analysed: {exc}", "findings": [], "skipped": [],
                 "timings_s": {"load": round(time.perf_counter() - started, 4)}}
     timings["load"] = time.perf_counter() - started
+    inputs = describe_inputs(volume)
     findings: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    monitoring: list[dict[str, Any]] = []
     for name in detectors:
         detector = pool.get(name)
         t0 = time.perf_counter()
@@ -176,8 +234,20 @@ def analyse_series(pool: DetectorPool, paths: Sequence[Path], detectors: Sequenc
             finding = detector(volume)
         except NotEligibleError as exc:
             skipped.append({"detector": name, "reason": exc.reason})
+            monitoring.append(_monitoring(detector, "not_eligible", None))
             continue
         timings[name] = time.perf_counter() - t0
+        if finding.ood is not None and finding.out_of_distribution:
+            # Never a silent negative: the study says the AI does not apply to it.
+            skipped.append({
+                "detector": name,
+                "reason": f"AI not applicable: out of distribution (OOD score "
+                          f"{finding.ood.score:.2f} > 1.00)",
+                "outcome": "ood",
+            })
+            monitoring.append(_monitoring(detector, "ood", finding))
+            continue
+        monitoring.append(_monitoring(detector, "analysed", finding))
         preview = None
         if preview_dir is not None:
             window = detector.card.preprocessing.windows[0]
@@ -203,6 +273,9 @@ def analyse_series(pool: DetectorPool, paths: Sequence[Path], detectors: Sequenc
         "findings": findings,
         "skipped": skipped,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "inputs": inputs,
+        # Popped by workers.pipeline into the ``analyses`` table before the result is stored.
+        "monitoring": monitoring,
     }
     if not findings:
         reasons = "; ".join(f"{s['detector']}: {s['reason']}" for s in skipped)

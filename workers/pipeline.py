@@ -14,12 +14,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import models
-from triage import reports
+from models.detector import Detector
+from triage import analyses, reports
 from triage.config import Settings
 from triage.db import Database
 from triage.jobs import Claim, JobLedger, Refusal
 from triage.store import Store
-from workers.analysis import DetectorPool, SeriesUnreadable, analyse_series, resolve_device
+from workers.analysis import (
+    DetectorPool,
+    SeriesUnreadable,
+    analyse_series,
+    card_summary,
+    resolve_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +44,19 @@ class PipelineContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineContext:
         db = Database(settings.db_url)
+
+        def publish(detector: Detector) -> None:
+            summary = card_summary(detector)
+            analyses.publish_model(db, detector.card.name, detector.card.version, summary,
+                                   time.time())
+
         return cls(
             settings=settings,
             db=db,
             store=Store(settings.spool, db),
             ledger=JobLedger.from_settings(db, settings),
-            detectors=DetectorPool(device=resolve_device(settings.worker_device)),
+            detectors=DetectorPool(device=resolve_device(settings.worker_device),
+                                   on_load=publish),
         )
 
 
@@ -101,6 +115,40 @@ def analyse(ctx: PipelineContext, claim: Claim) -> dict[str, Any]:
     return result
 
 
+def _records(claim: Claim, monitoring: list[dict[str, Any]], inputs: dict[str, Any],
+             now: float) -> list[analyses.AnalysisRecord]:
+    return [
+        analyses.AnalysisRecord(
+            job_id=claim.job_id,
+            detector=m["detector"],
+            model_version=m["model_version"],
+            study_instance_uid=claim.study_instance_uid,
+            series_instance_uid=claim.series_instance_uid,
+            revision=claim.revision,
+            analysed_at=now,
+            outcome=analyses.Outcome(m["outcome"]),
+            inputs=inputs,
+            probability=m.get("probability"),
+            threshold=m.get("threshold"),
+            flagged=m.get("flagged"),
+            ood_score=m.get("ood_score"),
+            features=m.get("features"),
+            timings=m.get("timings") or {},
+        )
+        for m in monitoring
+    ]
+
+
+def _record_monitoring(ctx: PipelineContext, records: list[analyses.AnalysisRecord]) -> None:
+    """Store the monitoring rows of a finished job; a failure costs monitoring data only."""
+    if not records:
+        return
+    try:
+        analyses.record(ctx.db, records)
+    except Exception:
+        logger.exception("Could not store the monitoring record of job %s", records[0].job_id)
+
+
 def _refresh_report(ctx: PipelineContext, study_uid: str) -> None:
     """Write the study's next report version (and its deliveries) if its result changed.
 
@@ -143,8 +191,11 @@ def run_job(ctx: PipelineContext, job_id: str, *, owner: str | None = None) -> J
         logger.exception("Job %s attempt %d raised; job is now %s", job_id, claim.attempt,
                          state.value)
         return JobOutcome(job_id, ran=True, detail=f"attempt failed, job {state.value}")
+    monitoring = result.pop("monitoring", [])
+    records = _records(claim, monitoring, result.get("inputs") or {}, time.time())
     if ctx.ledger.complete(claim, result):
         logger.info("Job %s done: %s", job_id, result["summary"])
+        _record_monitoring(ctx, records)
         _refresh_report(ctx, claim.study_instance_uid)
         return JobOutcome(job_id, ran=True, detail="done")
     logger.warning("Job %s attempt %d finished after losing its claim; result dropped",

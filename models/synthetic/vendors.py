@@ -58,6 +58,18 @@ VENDORS: tuple[Vendor, ...] = (
     ),
 )
 
+#: Vendors :func:`~models.synthetic.sampling.sample_case` never draws: a scanner a site adds
+#: later, for population-shift (drift) experiments via acquisition overrides.
+HELD_OUT_VENDORS: tuple[Vendor, ...] = (
+    Vendor(
+        "UIH",
+        ("uCT 760", "uCT 960+"),
+        (Kernel("B_SOFT_B", 0.3, False), Kernel("B_BRAIN_C", 0.5, False)),
+        (Kernel("B_SHARP_C", 0.85, True),),
+        signed_pixels=True, rescale_intercept=-1024.0, bits_stored=16, padding_hu=-2048.0,
+    ),
+)
+
 STUDY_DESCRIPTIONS = {
     Region.HEAD: ("CT HEAD WO CONTRAST", "CT BRAIN NON CONTRAST", "HEAD ROUTINE", "CT HEAD",
                   "CT CRANIAL WO"),
@@ -76,7 +88,7 @@ def vendor_named(manufacturer: str) -> Vendor:
     KeyError
         Unknown manufacturer.
     """
-    for vendor in VENDORS:
+    for vendor in VENDORS + HELD_OUT_VENDORS:
         if vendor.manufacturer == manufacturer:
             return vendor
     raise KeyError(manufacturer)
