@@ -330,7 +330,7 @@ def populate(settings: Settings, db: Database, tmp_path: Path,
     with db.write() as conn:
         conn.execute(deliveries.insert().values(
             study_instance_uid=study_uid, version=1, destination="pacs", state="SENT",
-            attempts=3, next_attempt_at=now, sent_at=now, created_at=now))
+            attempts=3, next_attempt_at=now, sent_at=now, created_at=now - 40))
     return model
 
 
@@ -367,6 +367,11 @@ def test_metrics_over_http_from_triage_web_carry_no_identifiers(
                   destination="pacs") == 2
     assert sample(families, "triage_time_to_flag_seconds", "triage_time_to_flag_seconds_count",
                   queue="routine") == 1
+    # written 40 s before the PACS accepted it: above the 30 s bucket, inside the 60 s one
+    assert sample(families, "triage_output_delivery_seconds",
+                  "triage_output_delivery_seconds_bucket", destination="pacs", le="30.0") == 0
+    assert sample(families, "triage_output_delivery_seconds",
+                  "triage_output_delivery_seconds_bucket", destination="pacs", le="60.0") == 1
 
     for family in families.values():
         assert family.name.startswith(("triage_", "process_", "python_")), family.name

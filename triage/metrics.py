@@ -53,6 +53,8 @@ LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 INFERENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TASK_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 #: Last instance received → result on the worklist; up to 20 minutes.
+#: Report version written → accepted by the destination (retries and backoff included).
+OUTPUT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 TIME_TO_FLAG_BUCKETS = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 420.0,
                         600.0, 900.0, 1200.0)
 
@@ -198,6 +200,11 @@ class TriageCollector(Collector):
         self._run = _Histogram("task_duration_seconds",
                                "Claim to completion of a job's last attempt (outputs included)",
                                ("queue",), TASK_BUCKETS)
+        self._sent = _Incremental(LOOK_BACK_S)
+        self._delivery = _Histogram(
+            "output_delivery_seconds",
+            "Report version written to accepted by the destination (retries included)",
+            ("destination",), OUTPUT_BUCKETS)
         self._time_to_flag = _Histogram(
             "time_to_flag_seconds",
             "Last instance of a series received to its result on the worklist (flagged or not)",
@@ -385,6 +392,16 @@ class TriageCollector(Collector):
         pending = GaugeMetricFamily(
             PREFIX + "outputs_pending", "Deliveries waiting or in flight, by destination",
             labels=["destination"])
+        scan = self._sent
+        query = (sa.select(deliveries.c.delivery_id, deliveries.c.destination,
+                           deliveries.c.created_at, deliveries.c.sent_at)
+                 .where(deliveries.c.state == "SENT", deliveries.c.sent_at.is_not(None)))
+        if math.isfinite(scan.high_water):
+            query = query.where(deliveries.c.sent_at > scan.since())
+        for row in conn.execute(query):
+            if scan.take(row.delivery_id, row.sent_at):
+                self._delivery.observe((row.destination,), row.sent_at - row.created_at)
+        scan.prune()
         by_destination: dict[str, dict[str, tuple[int, int]]] = {}
         for destination, state, count, attempts in rows:
             by_destination.setdefault(destination, {})[state] = (int(count), int(attempts or 0))
@@ -399,7 +416,7 @@ class TriageCollector(Collector):
             attempts_failed = (sent[1] - sent[0]) + dead[1] + waiting[1] + (sending[1] - sending[0])
             failed.add_metric([destination], float(max(0, attempts_failed)))
             pending.add_metric([destination], float(waiting[0] + sending[0]))
-        return [done, failed, pending]
+        return [done, failed, pending, self._delivery.family()]
 
     def _feedback(self, conn: Connection) -> list[Metric]:
         family = CounterMetricFamily(PREFIX + "feedback",
