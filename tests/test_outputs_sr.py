@@ -49,6 +49,7 @@ from triage.outputs.sr import (
     DeviceIdentity,
     DocumentReference,
     build_kos,
+    build_rejection_note,
     build_sr,
     finding_code,
 )
@@ -363,6 +364,8 @@ def test_dcmtk_reads_every_kind_of_document(report: StudyReport, tmp_path: Path)
         "retracted.dcm": build_sr(retracted, device=DEVICE,
                                   predecessor=DocumentReference.of(first)),
         "ko.dcm": kos,
+        "ko-rejection.dcm": build_rejection_note(retracted, DocumentReference.of(kos),
+                                                 device=DEVICE),
     }
     for name, ds in documents.items():
         dcmwrite(tmp_path / name, ds, enforce_file_format=True)
@@ -373,7 +376,7 @@ def test_dcmtk_reads_every_kind_of_document(report: StudyReport, tmp_path: Path)
                     or (line.startswith("W:") and "Character Set" not in line
                         and "template constraints" not in line)]
         assert problems == [], name
-        if name != "ko.dcm":
+        if not name.startswith("ko"):
             assert '"Image Library"' in done.stdout, name
             assert read_sr(tmp_path / name).content is not None
 
@@ -585,3 +588,16 @@ def test_sr_channel_chains_corrections_to_what_the_pacs_holds(report: StudyRepor
     (study,) = stored.PredecessorDocumentsSequence
     assert study.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID \
         == first["sop_instance_uid"]
+    # the key images sent with version 2 no longer stand: an IOCM rejection note names its KOS
+    assert first["kos"]["sop_instance_uid"] in scp.received
+    assert "kos" not in second  # a retraction selects no key images
+    assert second["rejected_kos"] == first["kos"]["sop_instance_uid"]
+    (note,) = [ds for ds in scp.received.values()
+               if ds.SOPClassUID == KeyObjectSelectionDocumentStorage
+               and ds.ConceptNameCodeSequence[0].CodeValue == "113001"]
+    assert note.ConceptNameCodeSequence[0].CodeMeaning == "Rejected for Quality Reasons"
+    (ref_study,) = note.CurrentRequestedProcedureEvidenceSequence
+    (ref_series,) = ref_study.ReferencedSeriesSequence
+    assert ref_series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+        first["kos"]["sop_instance_uid"]
+    assert note.StudyInstanceUID == report.study_instance_uid

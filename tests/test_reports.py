@@ -16,7 +16,10 @@ from triage.config import DEFAULT_RULES_FILE
 from triage.db import Database, deliveries
 from triage.domain import Priority
 from triage.jobs import Claim, JobLedger
+from triage.outputs.dicom_header import DeviceIdentity
+from triage.outputs.hl7 import build_oru
 from triage.outputs.report import ReportStatus
+from triage.outputs.sr import build_sr
 from triage.rules import load_rules
 from triage.store import Store
 
@@ -100,3 +103,62 @@ def test_racing_writers_write_a_version_once(db: Database, tmp_path: Path) -> No
                             priority=Priority.HIGH, signature={}, snapshot=[],
                             destinations=["pacs"], reason=None, clock=None)
     assert (first, second) == (1, None)
+
+
+def _ood_skip(detector: str, finding: str) -> dict[str, object]:
+    """A detector that ran but whose input was out of distribution (as workers.analysis says)."""
+    return {"detector": detector, "outcome": "ood", "finding": finding,
+            "reason": "AI not applicable: out of distribution (OOD score 3.10 > 1.00)",
+            "probability": 0.07, "threshold": 0.69, "model_name": detector,
+            "model_version": "0.1.0", "weights_sha256": "ab" * 32, "ood_score": 3.1}
+
+
+def test_out_of_distribution_is_reported_as_not_applicable_to_the_site(
+        db: Database, tmp_path: Path) -> None:
+    store = Store(tmp_path / "spool", db)
+    ledger = JobLedger(db)
+    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    stage(store, tmp_path / "s", 20)
+    paths = sorted((tmp_path / "s").glob("*.dcm"))
+    study_uid, _ = series_uids(paths)
+    # hemorrhage analysed (negative), stroke out of distribution
+    result = _with_uids(_result(0.12, False), paths)
+    result["skipped"] = [_ood_skip("stroke", "ischemic stroke")]
+    _analyse(assembler, ledger, result, time.time() + 60)
+    assert reports.refresh(db, study_uid, DESTINATIONS) == 1
+    report = reports.build_report(db, store.spool_dir, study_uid, 1)
+    by_detector = {f.detector: f for f in report.findings}
+    assert by_detector["hemorrhage"].not_applicable is None
+    stroke = by_detector["stroke"]
+    assert stroke.not_applicable is not None and "out of distribution" in stroke.not_applicable
+    assert not stroke.flagged and report.flagged == ()
+    oru = build_oru(report, sending_application="CT_TRIAGE", sending_facility="RAD",
+                    receiving_application="RIS", receiving_facility="HOSP", control_id="C1")
+    assert "NOT APPLICABLE: AI not applicable: out of distribution" in oru
+    sr = build_sr(report, device=DeviceIdentity(), predecessor=None)
+    texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence
+             if "TextValue" in item]
+    assert any("ischemic stroke: not applicable" in t for t in texts), texts
+    assert reports.refresh(db, study_uid, DESTINATIONS) is None  # unchanged
+
+
+def test_wholly_out_of_distribution_study_still_tells_the_site(
+        db: Database, tmp_path: Path) -> None:
+    store = Store(tmp_path / "spool", db)
+    ledger = JobLedger(db)
+    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    stage(store, tmp_path / "s", 20)
+    paths = sorted((tmp_path / "s").glob("*.dcm"))
+    study_uid, _ = series_uids(paths)
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
+    skips = [_ood_skip("hemorrhage", "intracranial hemorrhage"),
+             _ood_skip("stroke", "ischemic stroke")]
+    _analyse(assembler, ledger, {
+        "summary": "not analysed", "findings": [], "skipped": skips,
+        "not_analysed": "; ".join(f"{s['detector']}: {s['reason']}" for s in skips),
+        "volume": {"sop_instance_uids": uids}}, time.time() + 60)
+    assert reports.refresh(db, study_uid, DESTINATIONS) == 1
+    report = reports.build_report(db, store.spool_dir, study_uid, 1)
+    assert {f.detector for f in report.findings} == {"hemorrhage", "stroke"}
+    assert all(f.not_applicable for f in report.findings)
+    assert report.priority is Priority.LOW and len(report.images) == 20

@@ -28,7 +28,7 @@ from triage import __version__, reports
 from triage.auth import SessionSigner, User, UserDirectory, is_loopback, load_secret
 from triage.config import Settings
 from triage.db import Database
-from triage.domain import Priority, QueueName, WorkState
+from triage.domain import DeliveryState, Priority, QueueName, WorkState
 from triage.errors import ConfigError
 from triage.feedback import FeedbackError, Verdict, list_feedback, record_feedback
 from triage.metrics import build_registry
@@ -158,7 +158,7 @@ class RetractOut(BaseModel):
 
 class DeliveryOut(BaseModel):
     destination: str
-    state: str = Field(description="PENDING, SENDING, SENT or DEAD (given up)")
+    state: DeliveryState = Field(description="PENDING, SENDING, SENT or DEAD (given up)")
     attempts: int
     last_error: str | None
     sent_at: AwareDatetime | None

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from triage import reports
 from triage.config import Destination
 from triage.db import Database, deliveries, jobs
-from triage.domain import JobState
+from triage.domain import DeliveryState, JobState
 from triage.outputs.channel import Channel, DeliveryError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Attempt:
     delivery_id: int
     destination: str
     version: int
-    outcome: str  # SENT / RETRY / DEAD
+    outcome: str  # DeliveryState.SENT, DeliveryState.DEAD or "RETRY"
 
 
 def last_receipt(db: Database, destination: str, study_uid: str,
@@ -48,7 +48,8 @@ def last_receipt(db: Database, destination: str, study_uid: str,
             sa.select(deliveries.c.receipt)
             .where(deliveries.c.destination == destination,
                    deliveries.c.study_instance_uid == study_uid,
-                   deliveries.c.version < below_version, deliveries.c.state == "SENT",
+                   deliveries.c.version < below_version,
+                   deliveries.c.state == DeliveryState.SENT.value,
                    deliveries.c.receipt.is_not(None))
             .order_by(deliveries.c.version.desc()).limit(1)
         ).scalar()
@@ -77,14 +78,15 @@ class Dispatcher:
             earlier.c.destination == deliveries.c.destination,
             earlier.c.study_instance_uid == deliveries.c.study_instance_uid,
             earlier.c.version < deliveries.c.version,
-            earlier.c.state.in_(("PENDING", "SENDING")),
+            earlier.c.state.in_((DeliveryState.PENDING.value, DeliveryState.SENDING.value)),
         )
         attempts: list[Attempt] = []
         while len(attempts) < limit:
             with self.db.read() as conn:
                 due = conn.execute(
                     sa.select(deliveries.c.delivery_id)
-                    .where(deliveries.c.destination == name, deliveries.c.state == "PENDING",
+                    .where(deliveries.c.destination == name,
+                           deliveries.c.state == DeliveryState.PENDING.value,
                            deliveries.c.next_attempt_at <= now, ~blocked)
                     .order_by(deliveries.c.created_at, deliveries.c.version)
                     .limit(limit - len(attempts))
@@ -92,7 +94,7 @@ class Dispatcher:
             batch = [a for delivery_id in due if (a := self._attempt(name, delivery_id))]
             attempts += batch
             # a finished version (sent or given up) may unblock the next one of its study
-            if not any(a.outcome in ("SENT", "DEAD") for a in batch):
+            if not any(a.outcome in (DeliveryState.SENT, DeliveryState.DEAD) for a in batch):
                 break
         return attempts
 
@@ -100,17 +102,19 @@ class Dispatcher:
         with self.db.write() as conn:
             conn.execute(
                 sa.update(deliveries)
-                .where(deliveries.c.destination == name, deliveries.c.state == "SENDING",
+                .where(deliveries.c.destination == name,
+                       deliveries.c.state == DeliveryState.SENDING.value,
                        deliveries.c.lease_until < now)
-                .values(state="PENDING", lease_until=None))
+                .values(state=DeliveryState.PENDING.value, lease_until=None))
 
     def _attempt(self, name: str, delivery_id: int) -> Attempt | None:
         now = self.clock()
         with self.db.write() as conn:
             claimed = conn.execute(
                 sa.update(deliveries)
-                .where(deliveries.c.delivery_id == delivery_id, deliveries.c.state == "PENDING")
-                .values(state="SENDING", lease_until=now + self.lease_s,
+                .where(deliveries.c.delivery_id == delivery_id,
+                       deliveries.c.state == DeliveryState.PENDING.value)
+                .values(state=DeliveryState.SENDING.value, lease_until=now + self.lease_s,
                         attempts=deliveries.c.attempts + 1)
                 .returning(deliveries.c.study_instance_uid, deliveries.c.version,
                            deliveries.c.attempts)
@@ -132,10 +136,10 @@ class Dispatcher:
                                 destination=destination)
         with self.db.write() as conn:
             conn.execute(sa.update(deliveries).where(deliveries.c.delivery_id == delivery_id)
-                         .values(state="SENT", sent_at=self.clock(), lease_until=None,
-                                 last_error=None, receipt=receipt))
+                         .values(state=DeliveryState.SENT.value, sent_at=self.clock(),
+                                 lease_until=None, last_error=None, receipt=receipt))
         logger.info("Delivered report version %d to %s (attempt %d)", version, name, attempts)
-        return Attempt(delivery_id, name, version, "SENT")
+        return Attempt(delivery_id, name, version, DeliveryState.SENT)
 
     def _failed(self, delivery_id: int, name: str, version: int, attempts: int, error: str, *,
                 retryable: bool, destination: Destination) -> Attempt:
@@ -144,12 +148,13 @@ class Dispatcher:
         with self.db.write() as conn:
             conn.execute(
                 sa.update(deliveries).where(deliveries.c.delivery_id == delivery_id)
-                .values(state="DEAD" if dead else "PENDING", lease_until=None,
-                        last_error=error[:1024], next_attempt_at=self.clock() + delay))
+                .values(state=(DeliveryState.DEAD if dead else DeliveryState.PENDING).value,
+                        lease_until=None, last_error=error[:1024],
+                        next_attempt_at=self.clock() + delay))
         if dead:
             logger.error("Delivery of report version %d to %s given up after %d attempt(s): %s",
                          version, name, attempts, error)
-            return Attempt(delivery_id, name, version, "DEAD")
+            return Attempt(delivery_id, name, version, DeliveryState.DEAD)
         logger.warning("Delivery of report version %d to %s failed (attempt %d, next in %.0f s):"
                        " %s", version, name, attempts, delay, error)
         return Attempt(delivery_id, name, version, "RETRY")

@@ -34,6 +34,15 @@ class JobState(enum.StrEnum):
     SUPERSEDED = "SUPERSEDED"  # a late instance reopened the series; a newer revision exists
 
 
+class DeliveryState(enum.StrEnum):
+    """State of one report version's delivery to one destination (``deliveries`` table)."""
+
+    PENDING = "PENDING"  # due at next_attempt_at
+    SENDING = "SENDING"  # leased by a dispatcher thread
+    SENT = "SENT"  # the destination accepted it (receipt recorded)
+    DEAD = "DEAD"  # given up: max attempts reached or a non-retryable error
+
+
 class QueueName(enum.StrEnum):
     """Celery queues; ``stat`` is always consumed first."""
 

@@ -40,7 +40,7 @@ from triage import counters as event_counters
 from triage.config import Settings
 from triage.db import Database, analyses, deliveries, feedback, jobs, model_info, series
 from triage.db import counters as counters_table
-from triage.domain import JobState, QueueName, ReadyTrigger
+from triage.domain import DeliveryState, JobState, QueueName, ReadyTrigger
 from triage.drift import DriftReport, DriftState
 from triage.drift import evaluate as evaluate_drift
 from triage.performance import live_performance
@@ -395,7 +395,8 @@ class TriageCollector(Collector):
         scan = self._sent
         query = (sa.select(deliveries.c.delivery_id, deliveries.c.destination,
                            deliveries.c.created_at, deliveries.c.sent_at)
-                 .where(deliveries.c.state == "SENT", deliveries.c.sent_at.is_not(None)))
+                 .where(deliveries.c.state == DeliveryState.SENT.value,
+                        deliveries.c.sent_at.is_not(None)))
         if math.isfinite(scan.high_water):
             query = query.where(deliveries.c.sent_at > scan.since())
         for row in conn.execute(query):
@@ -406,10 +407,10 @@ class TriageCollector(Collector):
         for destination, state, count, attempts in rows:
             by_destination.setdefault(destination, {})[state] = (int(count), int(attempts or 0))
         for destination, states in sorted(by_destination.items()):
-            sent = states.get("SENT", (0, 0))
-            dead = states.get("DEAD", (0, 0))
-            waiting = states.get("PENDING", (0, 0))
-            sending = states.get("SENDING", (0, 0))
+            sent = states.get(DeliveryState.SENT, (0, 0))
+            dead = states.get(DeliveryState.DEAD, (0, 0))
+            waiting = states.get(DeliveryState.PENDING, (0, 0))
+            sending = states.get(DeliveryState.SENDING, (0, 0))
             done.add_metric([destination, "sent"], float(sent[0]))
             done.add_metric([destination, "dead"], float(dead[0]))
             # Each SENT row had one good attempt; a SENDING row has one in flight.

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from triage.db import Database, deliveries, instances, studies, study_reports
-from triage.domain import Priority, WorkState
+from triage.domain import DeliveryState, Priority, WorkState
 from triage.outputs.report import (
     FindingResult,
     Patient,
@@ -39,12 +39,34 @@ logger = logging.getLogger(__name__)
 _ANALYSED = frozenset({WorkState.FLAGGED, WorkState.NO_FINDINGS})
 
 
+def _not_applicable(series_item: Any, uids: list[str]) -> list[dict[str, Any]]:
+    """Detectors that ran on the series but whose result must not be used (out of distribution):
+    the site is told "not applicable", never left to read silence as a negative."""
+    out = []
+    for s in (series_item.result or {}).get("skipped") or ():
+        if s.get("outcome") != "ood" or "probability" not in s:
+            continue
+        out.append({
+            "detector": s["detector"], "finding": s.get("finding") or s["detector"],
+            "probability": float(s["probability"]), "threshold": float(s["threshold"]),
+            "flagged": False, "model_name": s.get("model_name") or s["detector"],
+            "model_version": s.get("model_version") or "",
+            "weights_sha256": s.get("weights_sha256") or "",
+            "series_instance_uid": series_item.series_instance_uid,
+            "revision": series_item.revision, "slice_range": None,
+            "key_sop_instance_uid": None, "sop_instance_uids": uids,
+            "not_applicable": str(s["reason"]),
+        })
+    return out
+
+
 def _snapshot(item: StudyItem) -> list[dict[str, Any]]:
     out = []
     for series_item in item.series:
+        uids = ((series_item.result or {}).get("volume") or {}).get("sop_instance_uids") or []
+        out.extend(_not_applicable(series_item, uids))
         if series_item.state not in _ANALYSED:
             continue
-        uids = ((series_item.result or {}).get("volume") or {}).get("sop_instance_uids") or []
         for f in series_item.findings:
             out.append({
                 "detector": f.detector, "finding": f.finding, "probability": f.probability,
@@ -66,8 +88,10 @@ def _signature(priority: Priority, snapshot: list[dict[str, Any]]) -> dict[str, 
     """What a new version is sent for: the priority and which detector flags which series."""
     return {
         "priority": priority.value,
-        "flags": sorted(f"{f['detector']}@{f['series_instance_uid']}={int(f['flagged'])}"
-                        for f in snapshot),
+        "flags": sorted(
+            f"{f['detector']}@{f['series_instance_uid']}="
+            f"{'na' if f.get('not_applicable') else int(f['flagged'])}"
+            for f in snapshot),
     }
 
 
@@ -130,7 +154,8 @@ def _write(db: Database, study_uid: str, version: int, *, status: ReportStatus,
             for name in destinations:
                 conn.execute(deliveries.insert().values(
                     study_instance_uid=study_uid, version=version, destination=name,
-                    state="PENDING", attempts=0, next_attempt_at=now, created_at=now))
+                    state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now,
+                    created_at=now))
     except IntegrityError:
         logger.info("Report version %d of a study was written by another process", version)
         return None
@@ -182,6 +207,7 @@ def build_report(db: Database, spool: Path, study_uid: str, version: int) -> Stu
             series_instance_uid=f["series_instance_uid"],
             slice_range=tuple(f["slice_range"]) if f.get("slice_range") else None,
             key_sop_instance_uid=f.get("key_sop_instance_uid"),
+            not_applicable=f.get("not_applicable"),
         )
         for f in row.findings
     )

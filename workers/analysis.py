@@ -225,7 +225,7 @@ def analyse_series(pool: DetectorPool, paths: Sequence[Path], detectors: Sequenc
     timings["load"] = time.perf_counter() - started
     inputs = describe_inputs(volume)
     findings: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, Any]] = []
     monitoring: list[dict[str, Any]] = []
     for name in detectors:
         detector = pool.get(name)
@@ -244,6 +244,14 @@ def analyse_series(pool: DetectorPool, paths: Sequence[Path], detectors: Sequenc
                 "reason": f"AI not applicable: out of distribution (OOD score "
                           f"{finding.ood.score:.2f} > 1.00)",
                 "outcome": "ood",
+                # what the site outputs need to say "not applicable" for this detector
+                "finding": FINDING_TEXT.get(name, name),
+                "probability": round(finding.probability, 4),
+                "threshold": finding.threshold,
+                "model_name": detector.card.name,
+                "model_version": detector.card.version,
+                "weights_sha256": detector.card.weights_sha256,
+                "ood_score": round(finding.ood.score, 4),
             })
             monitoring.append(_monitoring(detector, "ood", finding))
             continue

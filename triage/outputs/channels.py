@@ -15,7 +15,7 @@ from triage.outputs.dicom_header import DeviceIdentity, DocumentReference
 from triage.outputs.hl7 import build_oru
 from triage.outputs.mllp import HL7DeliveryError, MllpSender
 from triage.outputs.report import ReportStatus, StudyReport
-from triage.outputs.sr import build_kos, build_sr
+from triage.outputs.sr import build_kos, build_rejection_note, build_sr
 from triage.outputs.store_scu import DicomDestination, PacsStoreError, send_to_pacs
 from triage.outputs.ups_service import UpsService
 from triage.outputs.ups_types import UpsError
@@ -24,12 +24,18 @@ from triage.outputs.ups_types import UpsError
 EarlierReceipt = Callable[[str, int], dict[str, Any] | None]
 
 
+_REFERENCE_KEYS = ("study_instance_uid", "series_instance_uid", "sop_instance_uid",
+                   "sop_class_uid")
+
+
 class SrChannel:
     """Comprehensive 3D SR (TID 1500) + Key Object Selection, C-STORE to a PACS.
 
     A correction names the SR the PACS actually holds (from the receipt of the newest earlier
-    version it accepted) as its predecessor.  When the PACS never got an earlier version, a
-    correction goes out as the first SR of the study and a retraction has nothing to withdraw.
+    version it accepted) as its predecessor, and when that version carried a KOS of key images,
+    an IHE IOCM rejection note (KOS titled *Rejected for Quality Reasons*) withdraws it.  When
+    the PACS never got an earlier version, a correction goes out as the first SR of the study
+    and a retraction has nothing to withdraw.
     """
 
     def __init__(self, destination: DicomDestination, device: DeviceIdentity,
@@ -40,10 +46,13 @@ class SrChannel:
 
     def send(self, report: StudyReport) -> Receipt:
         predecessor = None
+        earlier_kos = None
         if report.status is not ReportStatus.FINAL:
             receipt = self.earlier(report.study_instance_uid, report.version)
             if receipt is not None:
-                predecessor = DocumentReference(**receipt)
+                predecessor = DocumentReference(**{k: receipt[k] for k in _REFERENCE_KEYS})
+                if receipt.get("kos"):
+                    earlier_kos = DocumentReference(**receipt["kos"])
             elif report.status is ReportStatus.RETRACTED:
                 return {"skipped": "no earlier SR in this PACS to withdraw"}
             else:
@@ -51,16 +60,27 @@ class SrChannel:
         try:
             sr = build_sr(report, device=self.device, predecessor=predecessor)
             kos = build_kos(report, device=self.device)
+            # The key images of the earlier version no longer stand: reject its KOS (IOCM).
+            rejection = (build_rejection_note(report, earlier_kos, device=self.device)
+                         if earlier_kos is not None else None)
         except (ValueError, OSError) as exc:
             raise DeliveryError(f"cannot build the SR: {exc}", retryable=False) from exc
+        objects = [ds for ds in (sr, kos, rejection) if ds is not None]
         try:
-            send_to_pacs([sr] if kos is None else [sr, kos], self.destination)
+            send_to_pacs(objects, self.destination)
         except PacsStoreError as exc:
             raise DeliveryError(str(exc), retryable=exc.retryable) from exc
         ref = DocumentReference.of(sr)
-        return {"study_instance_uid": ref.study_instance_uid,
-                "series_instance_uid": ref.series_instance_uid,
-                "sop_instance_uid": ref.sop_instance_uid, "sop_class_uid": ref.sop_class_uid}
+        receipt_out: dict[str, Any] = {
+            "study_instance_uid": ref.study_instance_uid,
+            "series_instance_uid": ref.series_instance_uid,
+            "sop_instance_uid": ref.sop_instance_uid, "sop_class_uid": ref.sop_class_uid}
+        if kos is not None:
+            kos_ref = DocumentReference.of(kos)
+            receipt_out["kos"] = dataclasses.asdict(kos_ref)
+        if rejection is not None:
+            receipt_out["rejected_kos"] = earlier_kos.sop_instance_uid if earlier_kos else None
+        return receipt_out
 
 
 class Hl7Channel:

@@ -69,7 +69,8 @@ from triage.outputs.dicom_header import (
 from triage.outputs.report import ReportStatus, SourceImage, StudyReport
 
 __all__ = [
-    "DISCLAIMER", "DeviceIdentity", "DocumentReference", "build_kos", "build_sr", "finding_code",
+    "DISCLAIMER", "DeviceIdentity", "DocumentReference", "build_kos", "build_rejection_note",
+    "build_sr", "finding_code",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ _PERCENT = Code("%", "UCUM", "Percent")
 _COMMENT = _dcm("121106", "Comment")
 _AI = _dcm("123110", "Artificial Intelligence")
 _OF_INTEREST = _dcm("113000", "Of Interest")  # CID 7010 Key Object Selection titles
+# IHE IOCM rejection note: tells an IOCM-aware archive to hide the referenced instances.
+_REJECTED = _dcm("113001", "Rejected for Quality Reasons")
 _DEVICE = CodedConcept("121007", "DCM", "Device")
 _QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
@@ -205,6 +208,36 @@ def build_kos(report: StudyReport, *, device: DeviceIdentity) -> KeyObjectSelect
     )
     apply_report_header(kos, report, device)
     return kos
+
+
+def build_rejection_note(report: StudyReport, rejected: DocumentReference, *,
+                         device: DeviceIdentity) -> KeyObjectSelectionDocument:
+    """A Key Object Selection titled *Rejected for Quality Reasons* (IHE IOCM) that withdraws
+    the key-image selection sent with an earlier version (``rejected``), because ``report``
+    corrects or retracts that version.  An IOCM-aware archive hides the rejected object;
+    any other keeps it, but the rejection note and the corrected SR say it no longer stands.
+    """
+    series = series_uid(report, device, "KO")
+    sop_uid = device.uid("ko-rejection", series, str(report.version), rejected.sop_instance_uid)
+    reference = evidence_item(report, rejected.sop_class_uid, rejected.sop_instance_uid,
+                              rejected.series_instance_uid)
+    why = ("the AI result is withdrawn" if report.status is ReportStatus.RETRACTED
+           else f"superseded by AI result version {report.version}")
+    content = KeyObjectSelection(
+        document_title=_REJECTED, referenced_objects=[reference],
+        observer_device_context=_observer(device),
+        description=f"Earlier AI key-image selection rejected: {why}. {DISCLAIMER}"[:1024],
+    )
+    note = KeyObjectSelectionDocument(
+        evidence=[reference], content=content, series_instance_uid=series,
+        series_number=device.kos_series_number, sop_instance_uid=sop_uid,
+        instance_number=report.version, manufacturer=device.manufacturer,
+        institution_name=device.institution_name,
+        contributing_equipment=contributing_equipment(report, device),
+        **header_kwargs(report, device, "AI key images withdrawn"),
+    )
+    apply_report_header(note, report, device)
+    return note
 
 
 # --- content ------------------------------------------------------------------------------------
