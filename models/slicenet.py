@@ -63,11 +63,16 @@ def build_network(card: ModelCard) -> SliceNet:
 
 
 def score_slices(net: SliceNet, slices: torch.Tensor, *, device: torch.device,
-                 batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Slice probabilities (S,) and features (S, F), without gradients."""
+                 batch: int = 32, amp: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Slice probabilities (S,) and features (S, F), without gradients.
+
+    ``amp``: bfloat16 autocast; ``None`` means on CUDA only (the CPU path stays float32, which
+    is faster there).  Tests run the bfloat16 path on the CPU to check it agrees.
+    """
     probs, feats = [], []
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-                if device.type == "cuda" else nullcontext())
+    use_amp = device.type == "cuda" if amp is None else amp
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                if use_amp else nullcontext())
     with torch.inference_mode(), autocast:
         for start in range(0, slices.shape[0], batch):
             logits, features = net(slices[start : start + batch].to(device, non_blocking=True))
@@ -100,9 +105,10 @@ def aggregate(probs: np.ndarray, threshold: float) -> tuple[float, int, tuple[in
 class SliceDetector:
     """A :class:`models.detector.Detector` built from a card and its verified weights."""
 
-    def __init__(self, card: ModelCard, *, device: str = "cpu") -> None:
+    def __init__(self, card: ModelCard, *, device: str = "cpu", amp: bool | None = None) -> None:
         self.card = card
         self.device = torch.device(device)
+        self.amp = amp  # None: bfloat16 autocast on CUDA only
         self.net = build_network(card)
         state = torch.load(card.verified_weights(), map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
@@ -122,7 +128,7 @@ class SliceDetector:
         started = time.perf_counter()
         prepared = self.prepare(volume)
         prepared_at = time.perf_counter()
-        probs, feats = score_slices(self.net, prepared.slices, device=self.device)
+        probs, feats = score_slices(self.net, prepared.slices, device=self.device, amp=self.amp)
         scored_at = time.perf_counter()
         study, key, run = aggregate(probs, self.card.threshold)
         features = np.concatenate([feats.mean(axis=0), feats[key]]).astype(np.float32)

@@ -118,3 +118,19 @@ def test_fracture_detector_refuses_a_head_without_a_body_part_tag(
     for volume in eligible:
         finding = detector(volume)
         assert finding.out_of_distribution, finding.ood
+
+
+@pytest.mark.parametrize("name", ["hemorrhage", "stroke"])
+def test_bfloat16_autocast_agrees_with_float32(name: str, head_volumes: list) -> None:  # type: ignore[type-arg]
+    """The GPU path uses bfloat16 autocast; the same arithmetic on the CPU must agree closely
+    enough that flags and the OOD gate do not change (CI has no GPU)."""
+    card = models.card(name)
+    full = SliceDetector(card)
+    half = SliceDetector(card, amp=True)
+    for volume in head_volumes:
+        a, b = full(volume), half(volume)
+        assert abs(a.probability - b.probability) < 0.05, (a.probability, b.probability)
+        assert a.flagged == b.flagged
+        assert a.ood is not None and b.ood is not None
+        assert abs(a.ood.score - b.ood.score) < 0.1 * max(1.0, a.ood.score)
+        assert a.out_of_distribution == b.out_of_distribution
