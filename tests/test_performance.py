@@ -31,6 +31,7 @@ from triage.feedback import Verdict, record_feedback
 from triage.jobs import Claim, JobLedger
 from triage.performance import (
     PerformanceRow,
+    expected_ppv,
     import_labels,
     live_performance,
     read_labels_csv,
@@ -270,6 +271,50 @@ def test_alert_fires_only_below_card_minus_margin_with_enough_verdicts(
     assert overall["alert"] is True and overall["card_ppv"] == 0.9
     assert overall["ppv_ci"][0] == pytest.approx(wilson_interval(6, 13)[0])
     assert "more than 10 points below" in overall["note"]
+
+
+def test_expected_ppv_follows_the_prevalence_a_flag_rate_implies() -> None:
+    # sens 0.9, spec 0.95, prevalence 10 %: flags 0.09 + 0.045 = 0.135 of studies, PPV 2/3
+    assert expected_ppv(0.135, 0.9, 0.95) == pytest.approx(2 / 3)
+    assert expected_ppv(0.05, 0.9, 0.95) == 0.0  # no more flags than false positives alone
+    assert expected_ppv(0.0, 0.9, 0.95) is None
+    assert expected_ppv(0.2, 0.04, 0.95) is None  # an operating point that cannot tell
+    assert expected_ppv(0.95, 0.9, 0.95) == pytest.approx(0.9 / 0.95)  # prevalence clipped
+
+
+def test_alert_can_compare_with_the_ppv_expected_at_the_site_prevalence(
+    site: Site, settings: Settings
+) -> None:
+    """A low-prevalence site: PPV 5/10 is far below the card's 0.90 (synthetic prevalence), but
+    what the card's operating point predicts at this site's flag rate."""
+    for verdict in [Verdict.AGREE] * 5 + [Verdict.DISAGREE] * 5:
+        site.verdict(site.analysed_study(flagged=True), verdict)
+    now = time.time()
+    analyses.record(site.db, [AnalysisRecord(
+        job_id=str(uuid.uuid4()), detector="hemorrhage", model_version="0.1.0",
+        study_instance_uid=f"2.25.{i}", series_instance_uid=f"2.25.{i}.1", revision=1,
+        analysed_at=now, outcome=Outcome.ANALYSED, inputs=inputs(), probability=0.1,
+        threshold=0.5, flagged=False) for i in range(140)])
+    analyses.publish_model(site.db, "hemorrhage", "0.1.0", CARD, now)
+
+    overall = rows_of(live_performance(site.db, settings))["all"]
+    assert (overall.n_analysed, overall.flag_rate) == (150, pytest.approx(10 / 150))
+    # prevalence (1/15 - 0.05) / 0.85 = 0.0196; PPV 0.9 * 0.0196 / (1/15) = 0.265
+    assert overall.expected_ppv == pytest.approx(0.2647, abs=1e-3)
+    assert overall.alert  # default: against the card's 0.90
+    site_rows = live_performance(site.db, settings.model_copy(
+        update={"ppv_alert_reference": "site_prevalence"}))
+    overall = rows_of(site_rows)["all"]
+    assert not overall.alert, overall.note
+    assert "expected at this population's flag rate 26.5%" in overall.note
+    # old analyses do not count towards the flag rate
+    old = time.time() - 91 * 86400
+    analyses.record(site.db, [AnalysisRecord(
+        job_id=str(uuid.uuid4()), detector="hemorrhage", model_version="0.1.0",
+        study_instance_uid=f"2.25.9{i}", series_instance_uid=f"2.25.9{i}.1", revision=1,
+        analysed_at=old, outcome=Outcome.ANALYSED, inputs=inputs(), probability=0.9,
+        threshold=0.5, flagged=True) for i in range(50)])
+    assert rows_of(live_performance(site.db, settings))["all"].n_analysed == 150
 
 
 # --- label import ----------------------------------------------------------------------------

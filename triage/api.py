@@ -204,6 +204,11 @@ class PerformanceRowOut(BaseModel):
                                 "distribution): not counted as negatives")
     n_labelled_not_eligible: int
     card_ppv: float | None = Field(description="the model card's validation PPV")
+    flag_rate: float | None = Field(description="flagged share of analysed studies in this "
+                                    "population over the last 90 days")
+    n_analysed: int
+    expected_ppv: float | None = Field(description="the card's sensitivity and specificity at "
+                                       "the prevalence this population's flag rate implies")
     alert: bool
     note: str = Field(description="why the row alerts, or why it cannot")
 

@@ -245,6 +245,11 @@ class Settings(BaseSettings):
         description="alert when a stratum's live PPV lower 95% bound is this far below the "
         "model card's validation PPV",
     )
+    ppv_alert_reference: Literal["card", "site_prevalence"] = Field(
+        default="card",
+        description="what the PPV alert compares with: the model card's validation PPV, or "
+        "the card's sensitivity/specificity at the prevalence this site's flag rate implies",
+    )
     ppv_min_feedback: int = Field(
         default=10, ge=1, description="feedback verdicts a stratum needs before it can alert",
     )

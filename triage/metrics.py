@@ -581,6 +581,8 @@ def performance_families(settings: Settings, db: Database) -> list[Metric]:
     spec = gauge("specificity", "Live specificity from follow-up labels")
     card = gauge("model_card_ppv", "Validation PPV on the model card (synthetic validation "
                  "set prevalence)", ["model", "version"])
+    expected = gauge("ppv_expected", "PPV the card's sensitivity and specificity give at the "
+                     "prevalence this population's 90-day flag rate implies")
     cards: dict[tuple[str, str], float] = {}
     for row in live_performance(db, settings):
         labels = [row.detector, row.model_version, row.stratum, _bounded(row.value)]
@@ -596,11 +598,14 @@ def performance_families(settings: Settings, db: Database) -> list[Metric]:
             sens_high.add_metric(labels, row.sensitivity_ci[1])
         if row.specificity is not None:
             spec.add_metric(labels, row.specificity)
+        if row.expected_ppv is not None:
+            expected.add_metric(labels, row.expected_ppv)
         if row.card_ppv is not None:
             cards[(row.detector, row.model_version)] = row.card_ppv
     for (model, version), value in sorted(cards.items()):
         card.add_metric([model, version], value)
-    return [ppv, ppv_low, ppv_high, verdicts, alert, sens, sens_low, sens_high, spec, card]
+    return [ppv, ppv_low, ppv_high, verdicts, alert, sens, sens_low, sens_high, spec, card,
+            expected]
 
 
 def _bounded(value: str) -> str:

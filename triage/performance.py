@@ -22,7 +22,12 @@ What counts
 
 The card's validation PPV holds at the synthetic validation set's prevalence; a site's PPV
 moves with its own prevalence, which is why the alert has a margin and looks at the lower
-bound.  Everything here is monitoring of AI output, not a diagnosis.
+bound.  Each row therefore also gives the **PPV expected at this population's prevalence**:
+the card's sensitivity and specificity applied to the prevalence implied by the row's flag
+rate over the last :data:`FLAG_RATE_DAYS` days (``f = sens·p + (1-spec)·(1-p)``, so
+``p = (f - (1-spec)) / (sens - (1-spec))`` and ``PPV = sens·p / f``).  With
+``settings.ppv_alert_reference = "site_prevalence"`` the alert compares against it instead of
+the card's PPV.  Everything here is monitoring of AI output, not a diagnosis.
 
 :func:`live_performance` runs three queries; the verdicts are counted by the database, grouped
 by detector, version, verdict and strata, so Python sees a few hundred rows.  10,000 verdicts
@@ -64,6 +69,8 @@ STRATA: dict[str, str] = {
     "thickness_band": "thickness_band",
 }
 UNKNOWN = "unknown"
+#: Window of the flag rate behind the expected PPV.
+FLAG_RATE_DAYS = 90
 
 #: Header of a label CSV (other columns are ignored).
 CSV_COLUMNS = ("study_instance_uid", "detector", "positive")
@@ -118,6 +125,9 @@ class PerformanceRow:
     n_labelled_ood: int  # labelled, but the AI declared the study out of distribution
     n_labelled_not_eligible: int  # labelled, but the series were not eligible
     card_ppv: float | None  # the model card's validation PPV for this version
+    flag_rate: float | None  # flagged share of analysed studies, last FLAG_RATE_DAYS days
+    n_analysed: int  # analysed studies behind flag_rate
+    expected_ppv: float | None  # the card's sens/spec at the prevalence flag_rate implies
     alert: bool
     note: str  # why the row alerts or cannot
 
@@ -201,6 +211,40 @@ def _verdicts(db: Database) -> list[Any]:
              .where(feedback.c.feedback_id.in_(newest)).group_by(*keys))
     with db.read() as conn:
         return list(conn.execute(query))
+
+
+def expected_ppv(flag_rate: float, sensitivity: float, specificity: float) -> float | None:
+    """PPV a detector with ``sensitivity`` and ``specificity`` should show where it flags
+    ``flag_rate`` of studies (the prevalence that flag rate implies, clipped to 0..1).
+
+    ``None`` when the card's operating point cannot tell (sensitivity ≤ 1 - specificity) or
+    nothing is flagged.
+    """
+    false_rate = 1.0 - specificity
+    if flag_rate <= 0 or sensitivity <= false_rate:
+        return None
+    prevalence = min(1.0, max(0.0, (flag_rate - false_rate) / (sensitivity - false_rate)))
+    return min(1.0, sensitivity * prevalence / flag_rate)
+
+
+def _flag_counts(db: Database, since: float) -> dict[tuple[str, str], dict[tuple[str, str],
+                                                                           tuple[int, int]]]:
+    """(detector, version) -> cell -> (analysed, flagged), analyses since ``since``."""
+    source, strata = _with_strata(db, analyses)
+    keys = [analyses.c.detector, analyses.c.model_version, analyses.c.flagged, *strata]
+    query = (sa.select(*keys, sa.func.count().label("n")).select_from(source)
+             .where(analyses.c.outcome == Outcome.ANALYSED.value,
+                    analyses.c.analysed_at >= since)
+             .group_by(*keys))
+    out: dict[tuple[str, str], dict[tuple[str, str], tuple[int, int]]] = defaultdict(dict)
+    with db.read() as conn:
+        rows = list(conn.execute(query))
+    for row in rows:
+        group = out[(row.detector, row.model_version)]
+        for cell in _cells(row):
+            n, k = group.get(cell, (0, 0))
+            group[cell] = (n + row.n, k + (row.n if row.flagged else 0))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,20 +347,28 @@ def live_performance(db: Database, settings: Settings) -> list[PerformanceRow]:
                 tally.negatives += 1
                 tally.true_negatives += not study.flagged
     cards = models_loaded(db)
+    flags = _flag_counts(db, time.time() - FLAG_RATE_DAYS * 86400.0) if tallies else {}
     order = {name: i for i, name in enumerate((OVERALL, *STRATA))}
     out = []
     for (detector, version), group in sorted(tallies.items()):
         card = cards.get(detector)
         card_ppv, card_note = None, f"no model card PPV known for {detector}: no alert"
+        operating: tuple[float, float] | None = None
         if card is not None and card.version != version:
             card_note = f"the loaded model card is for version {card.version}: no alert"
         elif card is not None and card.validation_ppv is not None:
             card_ppv = card.validation_ppv
+            validation = card.info.get("validation") or {}
+            if validation.get("sensitivity") is not None and \
+                    validation.get("specificity") is not None:
+                operating = (float(validation["sensitivity"]), float(validation["specificity"]))
         elif card is not None:
             card_note = f"the model card of {detector} gives no validation PPV: no alert"
         for cell, tally in sorted(group.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+            analysed, flagged = flags.get((detector, version), {}).get(cell, (0, 0))
             out.append(_row(detector, version, cell, tally, card_ppv=card_ppv,
-                            card_note=card_note, settings=settings))
+                            card_note=card_note, settings=settings, analysed=analysed,
+                            flagged=flagged, operating=operating))
     return out
 
 
@@ -325,25 +377,34 @@ def _proportion(k: int, n: int) -> tuple[float | None, tuple[float, float] | Non
 
 
 def _row(detector: str, version: str, cell: tuple[str, str], tally: _Tally, *,
-         card_ppv: float | None, card_note: str, settings: Settings) -> PerformanceRow:
+         card_ppv: float | None, card_note: str, settings: Settings, analysed: int = 0,
+         flagged: int = 0, operating: tuple[float, float] | None = None) -> PerformanceRow:
     stratum, value = cell
     n = tally.agree + tally.disagree
     ppv, ppv_ci = _proportion(tally.agree, n)
     sensitivity, sensitivity_ci = _proportion(tally.detected, tally.positives)
     specificity, specificity_ci = _proportion(tally.true_negatives, tally.negatives)
+    flag_rate = flagged / analysed if analysed else None
+    expected = (expected_ppv(flag_rate, *operating)
+                if flag_rate is not None and operating is not None else None)
+    reference, what = card_ppv, "the card's validation PPV"
+    if settings.ppv_alert_reference == "site_prevalence" and card_ppv is not None:
+        reference, what = expected, "the PPV expected at this population's flag rate"
+        if expected is None:
+            card_note = "no expected PPV at this population's flag rate yet: no alert"
     alert = False
     margin = f"{settings.ppv_alert_margin * 100:g}"
-    if card_ppv is None:
+    if reference is None:
         note = card_note
     elif ppv_ci is None or n < settings.ppv_min_feedback:
         note = f"{n} of {settings.ppv_min_feedback} verdicts needed before this can alert"
-    elif ppv_ci[0] < card_ppv - settings.ppv_alert_margin:
+    elif ppv_ci[0] < reference - settings.ppv_alert_margin:
         alert = True
         note = (f"PPV lower 95% bound {ppv_ci[0]:.1%} is more than {margin} points below "
-                f"the card's validation PPV {card_ppv:.1%}")
+                f"{what} {reference:.1%}")
     else:
-        note = (f"PPV lower 95% bound {ppv_ci[0]:.1%} is within {margin} points of the "
-                f"card's validation PPV {card_ppv:.1%}")
+        note = (f"PPV lower 95% bound {ppv_ci[0]:.1%} is within {margin} points of "
+                f"{what} {reference:.1%}")
     return PerformanceRow(
         detector=detector, model_version=version, stratum=stratum, value=value,
         n_verdicts=n, n_agree=tally.agree, n_unsure=tally.unsure, ppv=ppv, ppv_ci=ppv_ci,
@@ -352,7 +413,8 @@ def _row(detector: str, version: str, cell: tuple[str, str], tally: _Tally, *,
         n_labelled_negatives=tally.negatives, n_true_negatives=tally.true_negatives,
         specificity=specificity, specificity_ci=specificity_ci,
         n_labelled_ood=tally.ood, n_labelled_not_eligible=tally.not_eligible,
-        card_ppv=card_ppv, alert=alert, note=note,
+        card_ppv=card_ppv, flag_rate=flag_rate, n_analysed=analysed, expected_ppv=expected,
+        alert=alert, note=note,
     )
 
 
