@@ -373,7 +373,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, help="listener port (default: our DICOM port)")
     sub.add_parser("models", add_help=False,
-                   help="detectors: list | train | eval | synthetic … (see `triage models -h`)")
+                   help="detectors: list | train | eval | calibrate-ood | synthetic … "
+                        "(see `triage models -h`)")
     sub.add_parser("analyze", add_help=False,
                    help="run the detectors on DICOM folders (see `triage analyze -h`)")
     users = sub.add_parser("users", help="web UI users (login is required off loopback)")
