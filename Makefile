@@ -34,7 +34,6 @@ system-deps:
 test-deps:
 	@missing=""; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
@@ -44,9 +43,14 @@ test-deps:
 	  case "$$missing" in *orthanc*) \
 	    $(SUDO) systemctl disable --now orthanc 2>/dev/null || \
 	    $(SUDO) service orthanc stop 2>/dev/null || true;; esac; \
-	  case "$$missing" in *prometheus*) \
-	    $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
-	    $(SUDO) service prometheus stop 2>/dev/null || true;; esac; \
+	fi
+	@if ! command -v promtool >/dev/null; then \
+	  echo "Installing promtool (Debian's prometheus, without the recommended exporters)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    prometheus && \
+	  { $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
+	    $(SUDO) service prometheus stop 2>/dev/null || true; }; \
 	fi
 
 venv: $(VENV)/.installed
