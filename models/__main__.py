@@ -84,8 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for d in defs:
         result = training.train(
             d, args.cache, train_seeds=train_seeds, val_seeds=val_seeds,
-            out_folder=models.MODELS_DIR / d.name, epochs=args.epochs, batch=args.batch,
-            lr=args.lr, device=args.device,
+            out_folder=(args.out or models.MODELS_DIR) / d.name, epochs=args.epochs,
+            batch=args.batch, lr=args.lr, negative_ratio=args.negative_ratio,
+            device=args.device,
         )
         print(f"{d.name}: validation AUC {result.validation_auc:.4f}, threshold "
               f"{result.threshold:.4f} (sensitivity {result.validation_sensitivity:.3f}, "
@@ -241,6 +242,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--negative-ratio", type=float, default=2.0,
+                   help="negative slices drawn per positive slice")
+    t.add_argument("--out", type=Path,
+                   help="write weights and card to OUT/<name> instead of the bundled folder "
+                        "(experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cache", type=Path, default=Path("var/model-cache"))
