@@ -70,6 +70,7 @@ import sqlalchemy as sa
 from triage.analyses import detectors
 from triage.config import Settings
 from triage.db import Database, analyses
+from triage.performance import wilson_interval
 
 #: Numeric inputs (same keys as ``models.inputs.NUMERIC_INPUTS``; triage does not import models).
 NUMERIC_INPUTS: tuple[str, ...] = (
@@ -88,7 +89,6 @@ RARE_COUNT = 5
 MIN_VALUES = 20
 #: A day needs this many analysed studies before its flag rate can alarm.
 FLAG_RATE_MIN_STUDIES = 50
-_Z95 = 1.959963984540054
 _TAIL_ANCHOR = 10  # bootstrap samples above the anchor quantile of the tail extrapolation
 _OUTCOMES = ("analysed", "ood")
 
@@ -312,17 +312,6 @@ def bootstrap_categorical(reference: Sequence[str], window_size: int, samples: i
     pseudo_refs = rng.multinomial(len(reference), ref / ref.sum(), size=samples).astype(float)
     windows = rng.multinomial(window_size, _expected(ref), size=samples).astype(float)
     return _chi2_counts(_expected(pseudo_refs), windows)
-
-
-def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95 % by default)."""
-    if n <= 0:
-        raise ValueError("a proportion needs at least one observation")
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def flag_rate_alarm(flagged: int, studies: int, ref_flagged: int, ref_studies: int, *,
