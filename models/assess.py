@@ -18,6 +18,7 @@ import torch
 import models
 from models.detector import Detector, ModelError, NotEligibleError
 from models.evaluation import StudyResult, plot_roc, report, roc_auc, roc_curve
+from models.inputs import AGE_UNITS_PER_YEAR, years_band
 from models.synthetic.generate import generate
 from models.synthetic.sampling import sample_case
 from models.synthetic.spec import Region
@@ -31,9 +32,7 @@ FINDING_OF = {"hemorrhage": "hemorrhage", "stroke": "stroke", "cspine_fracture":
 
 
 def age_band(age: float | None) -> str:
-    if age is None:
-        return ""
-    return "<40" if age < 40 else "40-64" if age < 65 else ">=65"
+    return years_band(age) or ""
 
 
 def size_band(volume_ml: float | None) -> str:
@@ -50,7 +49,7 @@ def parse_age(text: str | None) -> float | None:
     if not match:
         return None
     value, unit = float(match.group(1)), match.group(2) or "Y"
-    return value / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
+    return value / AGE_UNITS_PER_YEAR[unit]
 
 
 def synthetic_attributes(labels: dict[str, Any], finding: str) -> tuple[bool, dict[str, str]]:
@@ -261,11 +260,8 @@ def analyze(paths: Iterable[Path], detectors: dict[str, Detector]) -> Iterator[S
                 finding = detector(volume)
                 results[name] = finding.summary()
                 if finding.ood is not None and finding.out_of_distribution:
-                    results[name] = {
-                        "not_analysed": "AI not applicable: out of distribution (OOD score "
-                                        f"{finding.ood.score:.2f} > 1.00)",
-                        "ood_score": round(finding.ood.score, 4),
-                    }
+                    results[name] = {"not_analysed": finding.ood.reason,
+                                     "ood_score": round(finding.ood.score, 4)}
             except NotEligibleError as exc:
                 results[name] = {"not_analysed": exc.reason}
             except ModelError as exc:

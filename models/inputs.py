@@ -46,6 +46,8 @@ NUMERIC_INPUTS: tuple[str, ...] = (
 CATEGORICAL_INPUTS: tuple[str, ...] = ("manufacturer", "kernel")
 
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
+#: Units of a DICOM Age String per year.
+AGE_UNITS_PER_YEAR = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}
 
 
 def age_years(value: str) -> float | None:
@@ -54,17 +56,19 @@ def age_years(value: str) -> float | None:
     if match is None:
         return None
     number, unit = int(match.group(1)), match.group(2)
-    return number / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[unit]
+    return number / AGE_UNITS_PER_YEAR[unit]
+
+
+def years_band(years: float | None) -> str | None:
+    """``<40``, ``40-64`` or ``>=65`` (the age bands of the model cards); ``None`` if unknown."""
+    if years is None:
+        return None
+    return "<40" if years < 40 else "40-64" if years < 65 else ">=65"
 
 
 def age_band(value: str) -> str:
-    """``<40``, ``40-64``, ``>=65`` or ``unknown`` (the bands of the model cards)."""
-    years = age_years(value)
-    if years is None:
-        return "unknown"
-    if years < 40:
-        return "<40"
-    return "40-64" if years < 65 else ">=65"
+    """The age band of a DICOM Age String, ``unknown`` when absent or malformed."""
+    return years_band(age_years(value)) or "unknown"
 
 
 def thickness_band(thickness_mm: float | None) -> str:

@@ -42,6 +42,11 @@ class OODScore:
     def out_of_distribution(self) -> bool:
         return self.score > 1.0
 
+    @property
+    def reason(self) -> str:
+        """What the worklist, ``triage analyze`` and the site outputs say above the gate."""
+        return f"AI not applicable: out of distribution (OOD score {self.score:.2f} > 1.00)"
+
     def summary(self) -> dict[str, float]:
         return {
             "score": round(self.score, 4),

@@ -241,8 +241,7 @@ def analyse_series(pool: DetectorPool, paths: Sequence[Path], detectors: Sequenc
             # Never a silent negative: the study says the AI does not apply to it.
             skipped.append({
                 "detector": name,
-                "reason": f"AI not applicable: out of distribution (OOD score "
-                          f"{finding.ood.score:.2f} > 1.00)",
+                "reason": finding.ood.reason,
                 "outcome": "ood",
                 # what the site outputs need to say "not applicable" for this detector
                 "finding": FINDING_TEXT.get(name, name),
