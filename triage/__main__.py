@@ -106,9 +106,6 @@ def cmd_listen(settings: Settings) -> int:
     db = Database(settings.db_url)
     db.create_schema()
     store = Store(settings.spool, db, min_free_bytes=settings.spool_min_free_mb * 2**20)
-    # pynetdicom streams each C-STORE data set to a temporary file; putting those on the
-    # spool's file system makes the final move a rename instead of a copy.
-    tempfile.tempdir = str(store.incoming_dir)
     _clean_incoming(store.incoming_dir)
     ledger = JobLedger.from_settings(db, settings)
     assembler = Assembler(

@@ -1,4 +1,4 @@
-"""Tuning of pynetdicom associations shared by the listener and the sender.
+"""Tuning of the pynetdicom associations of the sender (``triage send`` and the outputs).
 
 pynetdicom sets no ``TCP_NODELAY``: a DIMSE message written as several small PDUs then
 waits for the peer's delayed ACK (~40 ms per message on Linux).  Its network loop also sleeps

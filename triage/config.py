@@ -134,16 +134,13 @@ class Settings(BaseSettings):
     max_pdu_size: int = Field(
         default=1_048_576, ge=0, description="maximum PDU length we receive (0 = unlimited)"
     )
-    dicom_poll_interval_s: float = Field(
-        default=0.0002,
-        gt=0,
-        le=0.01,
-        description="idle poll of pynetdicom's network loop; lower = less latency, more idle CPU",
-    )
     max_associations: int = Field(default=32, ge=1)
-    network_timeout_s: float = Field(default=60.0, gt=0)
-    acse_timeout_s: float = Field(default=30.0, gt=0)
-    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(
+        default=60.0, gt=0, description="silence on an open association before it is aborted"
+    )
+    acse_timeout_s: float = Field(
+        default=30.0, gt=0, description="connection opened → A-ASSOCIATE-RQ received"
+    )
 
     # --- storage --------------------------------------------------------------------------
     data_dir: Path = Field(default=Path("var"), description="spool, index and redis data")

@@ -1,4 +1,5 @@
-"""DICOM listener: a pynetdicom AE whose handlers only store instances and map errors to statuses.
+"""DICOM listener: our upper layer (:mod:`triage.upperlayer`) with a handler that only stores
+instances and maps errors to statuses.
 
 Statuses answered to C-STORE (the only place where they are chosen):
 
@@ -9,18 +10,14 @@ Statuses answered to C-STORE (the only place where they are chosen):
 0xC210     the data set cannot be parsed
 0xC212     the data set lacks Study/Series/SOP Instance UID or SOP Class UID
 0xC213     the data set's UIDs differ from those in the C-STORE request
-0xC211     unexpected error in the handler (pynetdicom's own status); logged with a traceback
+0xC211     unexpected error in the handler; logged with a traceback
 =========  ==============================================================================
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, cast
 
 from pydicom.uid import (
     HTJ2K,
@@ -40,11 +37,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom import AllStoragePresentationContexts
 
-from triage.association import tune
 from triage.config import Settings
 from triage.counters import (
     ASSOCIATIONS,
@@ -56,11 +50,26 @@ from triage.counters import (
 from triage.domain import StoreOutcome
 from triage.errors import InvalidInstanceError, OutOfResourcesError
 from triage.store import Store
+from triage.upperlayer import (
+    RJ_CALLED_AE_NOT_RECOGNISED,
+    RJ_CALLING_AE_NOT_RECOGNISED,
+    RJ_PERMANENT,
+    RJ_SOURCE_USER,
+    VERIFICATION,
+    AssociateRequest,
+    Association,
+    Outcome,
+    Rejection,
+    Server,
+    ServerConfig,
+    StoreRequest,
+)
 
 logger = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_UNEXPECTED = 0xC211
 
 #: Transfer syntaxes accepted for every storage SOP class, in our order of preference.
 TRANSFER_SYNTAXES = [
@@ -83,184 +92,131 @@ TRANSFER_SYNTAXES = [
 ]
 
 
-@dataclass
-class _AssocInfo:
-    association_id: str
-    calling_ae: str
-    peer: str
-    stored: int = 0
-    duplicates: int = 0
-    refused: int = 0
-
-
-@dataclass
-class AssociationTracker:
-    """Gives each association an id and counts what it delivered (for the release log line)."""
-
-    _by_assoc: dict[int, _AssocInfo] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def open(self, assoc: Any) -> _AssocInfo:
-        info = _AssocInfo(
-            association_id=uuid.uuid4().hex,
-            calling_ae=_calling_ae(assoc),
-            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
-        )
-        with self._lock:
-            self._by_assoc[id(assoc)] = info
-        return info
-
-    def get(self, assoc: Any) -> _AssocInfo:
-        with self._lock:
-            info = self._by_assoc.get(id(assoc))
-        return info if info is not None else self.open(assoc)
-
-    def close(self, assoc: Any) -> _AssocInfo | None:
-        with self._lock:
-            return self._by_assoc.pop(id(assoc), None)
-
-
-def _calling_ae(assoc: Any) -> str:
-    title = assoc.requestor.ae_title
-    return (title.decode("ascii", "replace") if isinstance(title, bytes) else str(title)).strip()
-
-
-def handle_conn_open(event: evt.Event, poll_interval_s: float) -> None:
-    """TCP_NODELAY and a shorter idle poll for each accepted connection."""
-    tune(event.assoc, poll_interval_s)
-
-
-def handle_accepted(event: evt.Event, tracker: AssociationTracker,
-                    counters: EventCounters | None = None) -> None:
-    if counters is not None:
-        counters.inc(ASSOCIATIONS, event="accepted")
-    info = tracker.open(event.assoc)
-    logger.info("Association accepted from %s (%s)", info.calling_ae, info.peer)
-
-
-def handle_echo(event: evt.Event) -> int:
-    """C-ECHO: we are alive."""
-    return STATUS_SUCCESS
-
-
-def handle_rejected(event: evt.Event, counters: EventCounters) -> None:
-    """A-ASSOCIATE-RJ sent (e.g. a calling AE title not on the allowlist)."""
-    counters.inc(ASSOCIATIONS, event="rejected")
-
-
-def handle_store(
-    event: evt.Event,
-    store: Store,
-    tracker: AssociationTracker,
-    on_stored: Callable[[], None] | None = None,
-    counters: EventCounters | None = None,
-) -> int:
-    """C-STORE: make the instance durable and indexed, then answer.
-
-    pynetdicom streams the data set to a temporary Part 10 file (``event.dataset_path``),
-    which it deletes once this handler returns; :meth:`Store.ingest` moves it first.
-    Each outcome is counted in ``counters`` (flushed to the index DB by the listener).
-    """
-    info = tracker.get(event.assoc)
-    request = cast(C_STORE, event.request)
-    sop_uid = str(request.AffectedSOPInstanceUID or "")
-    try:
-        result = store.ingest(
-            event.dataset_path,
-            calling_ae=info.calling_ae,
-            association_id=info.association_id,
-            expected_sop_instance_uid=sop_uid or None,
-            expected_sop_class_uid=str(request.AffectedSOPClassUID or "") or None,
-        )
-    except InvalidInstanceError as exc:
-        if counters is not None:
-            counters.inc(STORE_ERRORS, reason=f"0x{exc.status:04X}")
-        info.refused += 1
-        logger.warning(
-            "Refused instance %s from %s with 0x%04X: %s",
-            sop_uid, info.calling_ae, exc.status, exc,
-        )
-        return exc.status
-    except OutOfResourcesError as exc:
-        if counters is not None:
-            counters.inc(STORE_ERRORS, reason="0xA700")
-        info.refused += 1
-        logger.error(
-            "Cannot store instance %s from %s, answered 0xA700 (sender will retry): %s",
-            sop_uid, info.calling_ae, exc,
-        )
-        return STATUS_OUT_OF_RESOURCES
-    except Exception:
-        if counters is not None:  # pynetdicom answers 0xC211 and logs the traceback
-            counters.inc(STORE_ERRORS, reason="0xC211")
-        raise
-    if counters is not None:
-        counters.inc(INSTANCES_RECEIVED, outcome=result.outcome.value)
-    if result.outcome is StoreOutcome.DUPLICATE:
-        info.duplicates += 1
-        logger.debug("Duplicate instance %s from %s", sop_uid, info.calling_ae)
-    else:
-        info.stored += 1
-        logger.debug("Stored instance %s from %s", sop_uid, info.calling_ae)
-    if on_stored is not None:
-        on_stored()
-    return STATUS_SUCCESS
-
-
-def handle_released(
-    event: evt.Event,
-    store: Store,
-    tracker: AssociationTracker,
-    on_released: Callable[[], None] | None = None,
-    counters: EventCounters | None = None,
-) -> None:
-    """A-RELEASE: the sender says it is done; start the release grace of its series."""
-    if counters is not None:
-        counters.inc(ASSOCIATIONS, event="released")
-    info = tracker.close(event.assoc)
-    if info is None:
-        return
-    logger.info(
-        "Association from %s (%s) released: %d stored, %d duplicate, %d refused",
-        info.calling_ae, info.peer, info.stored, info.duplicates, info.refused,
-    )
-    try:
-        store.mark_association_released(info.association_id)
-    except Exception:
-        # The quiet timer still completes these series.
-        logger.exception("Could not record the release of association %s", info.association_id)
-    if on_released is not None:
-        on_released()
-
-
-def handle_aborted(event: evt.Event, tracker: AssociationTracker,
-                   counters: EventCounters | None = None) -> None:
-    """A-ABORT: the transfer may be incomplete, so only the quiet timer completes its series."""
-    if counters is not None:
-        counters.inc(ASSOCIATIONS, event="aborted")
-    info = tracker.close(event.assoc)
-    if info is not None:
-        logger.warning(
-            "Association from %s (%s) aborted: %d stored, %d duplicate, %d refused",
-            info.calling_ae, info.peer, info.stored, info.duplicates, info.refused,
-        )
-
-
-def build_ae(settings: Settings) -> AE:
-    """An AE that accepts Verification and every storage SOP class in common transfer syntaxes."""
-    ae = AE(ae_title=settings.ae_title)
-    ae.maximum_pdu_size = settings.max_pdu_size
-    ae.maximum_associations = settings.max_associations
-    ae.network_timeout = settings.network_timeout_s
-    ae.acse_timeout = settings.acse_timeout_s
-    ae.dimse_timeout = settings.dimse_timeout_s
-    ae.require_calling_aet = list(settings.allowed_calling_aes)
-    ae.require_called_aet = settings.require_called_ae_title
-    ae.add_supported_context(Verification)
+def supported_contexts() -> dict[str, tuple[str, ...]]:
+    """Verification plus every storage SOP class, each in :data:`TRANSFER_SYNTAXES`."""
+    syntaxes = tuple(str(ts) for ts in TRANSFER_SYNTAXES)
+    supported: dict[str, tuple[str, ...]] = {
+        VERIFICATION: ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    }
     for cx in AllStoragePresentationContexts:
         if cx.abstract_syntax is not None:
-            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
-    return ae
+            supported[str(cx.abstract_syntax)] = syntaxes
+    return supported
+
+
+class StoreHandler:
+    """Association decisions and C-STORE handling of the listener (see the module docstring).
+
+    Each outcome is counted in ``counters`` (flushed to the index DB by the listener).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        counters: EventCounters,
+        *,
+        on_stored: Callable[[], None] | None = None,
+        on_released: Callable[[], None] | None = None,
+    ) -> None:
+        self.ae_title = settings.ae_title.strip()
+        self.allowed = {ae.strip() for ae in settings.allowed_calling_aes}
+        self.require_called = settings.require_called_ae_title
+        self.spool = store
+        self.counters = counters
+        self._on_stored = on_stored
+        self._on_released = on_released
+
+    def check(self, request: AssociateRequest, peer: str) -> Rejection | None:
+        if self.allowed and request.calling_ae not in self.allowed:
+            return Rejection(RJ_PERMANENT, RJ_SOURCE_USER, RJ_CALLING_AE_NOT_RECOGNISED)
+        if self.require_called and request.called_ae != self.ae_title:
+            return Rejection(RJ_PERMANENT, RJ_SOURCE_USER, RJ_CALLED_AE_NOT_RECOGNISED)
+        return None
+
+    def accepted(self, assoc: Association) -> None:
+        self.counters.inc(ASSOCIATIONS, event="accepted")
+        logger.info("Association accepted from %s (%s)", assoc.calling_ae, assoc.peer)
+
+    def rejected(self, request: AssociateRequest, peer: str, rejection: Rejection) -> None:
+        """A-ASSOCIATE-RJ sent (e.g. a calling AE title not on the allowlist)."""
+        self.counters.inc(ASSOCIATIONS, event="rejected")
+        logger.warning("Association from %s (%s) rejected: result %d, source %d, reason %d",
+                       request.calling_ae, peer, rejection.result, rejection.source,
+                       rejection.reason)
+
+    def store(self, assoc: Association, request: StoreRequest) -> Outcome:
+        """C-STORE: make the instance durable and indexed, then answer."""
+        try:
+            if request.path is None:
+                raise OutOfResourcesError(
+                    f"cannot write to the spool: {request.write_error or 'unknown error'}")
+            result = self.spool.ingest(
+                request.path,
+                calling_ae=assoc.calling_ae,
+                association_id=assoc.id,
+                expected_sop_instance_uid=request.sop_instance_uid or None,
+                expected_sop_class_uid=request.sop_class_uid or None,
+            )
+        except InvalidInstanceError as exc:
+            self.counters.inc(STORE_ERRORS, reason=f"0x{exc.status:04X}")
+            assoc.refused += 1
+            logger.warning(
+                "Refused instance %s from %s with 0x%04X: %s",
+                request.sop_instance_uid, assoc.calling_ae, exc.status, exc,
+            )
+            return Outcome(exc.status, str(exc))
+        except OutOfResourcesError as exc:
+            self.counters.inc(STORE_ERRORS, reason="0xA700")
+            assoc.refused += 1
+            logger.error(
+                "Cannot store instance %s from %s, answered 0xA700 (sender will retry): %s",
+                request.sop_instance_uid, assoc.calling_ae, exc,
+            )
+            return Outcome(STATUS_OUT_OF_RESOURCES, "out of resources, retry later")
+        except Exception:
+            self.counters.inc(STORE_ERRORS, reason="0xC211")
+            assoc.refused += 1
+            logger.exception("Unexpected error storing instance %s from %s",
+                             request.sop_instance_uid, assoc.calling_ae)
+            return Outcome(STATUS_UNEXPECTED, "unexpected error in the receiver")
+        self.counters.inc(INSTANCES_RECEIVED, outcome=result.outcome.value)
+        if result.outcome is StoreOutcome.DUPLICATE:
+            assoc.duplicates += 1
+            logger.debug("Duplicate instance %s from %s", request.sop_instance_uid,
+                         assoc.calling_ae)
+        else:
+            assoc.stored += 1
+            logger.debug("Stored instance %s from %s", request.sop_instance_uid,
+                         assoc.calling_ae)
+        if self._on_stored is not None:
+            self._on_stored()
+        return Outcome(STATUS_SUCCESS)
+
+    def released(self, assoc: Association) -> None:
+        """A-RELEASE: the sender says it is done; start the release grace of its series."""
+        self.counters.inc(ASSOCIATIONS, event="released")
+        logger.info(
+            "Association from %s (%s) released: %d stored, %d duplicate, %d refused",
+            assoc.calling_ae, assoc.peer, assoc.stored, assoc.duplicates, assoc.refused,
+        )
+        try:
+            self.spool.mark_association_released(assoc.id)
+        except Exception:
+            # The quiet timer still completes these series.
+            logger.exception("Could not record the release of association %s", assoc.id)
+        if self._on_released is not None:
+            self._on_released()
+
+    def aborted(self, assoc: Association, reason: str) -> None:
+        """Abort or lost connection: the transfer may be incomplete, so only the quiet timer
+        completes its series."""
+        self.counters.inc(ASSOCIATIONS, event="aborted")
+        logger.warning(
+            "Association from %s (%s) ended without release (%s): %d stored, %d duplicate, "
+            "%d refused", assoc.calling_ae, assoc.peer, reason, assoc.stored, assoc.duplicates,
+            assoc.refused,
+        )
 
 
 class Listener:
@@ -292,52 +248,37 @@ class Listener:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.tracker = AssociationTracker()
-        self.ae = build_ae(settings)
-        self._on_stored = on_stored
-        self._on_released = on_released
         self.counters = counters if counters is not None else EventCounters()
+        self.handler = StoreHandler(settings, store, self.counters, on_stored=on_stored,
+                                    on_released=on_released)
+        self.server = Server(
+            ServerConfig(
+                ae_title=settings.ae_title,
+                supported=supported_contexts(),
+                incoming_dir=store.incoming_dir,
+                max_pdu_length=settings.max_pdu_size,
+                max_associations=settings.max_associations,
+                acse_timeout_s=settings.acse_timeout_s,
+                network_timeout_s=settings.network_timeout_s,
+            ),
+            self.handler,
+        )
         self.flusher = CounterFlusher(self.counters, store.db,
                                       interval_s=counter_flush_interval_s)
-        self._server: Any = None
 
     def start(self) -> tuple[str, int]:
         """Start serving in background threads; returns the bound (host, port)."""
-        # Stream received data sets to a file instead of holding them in memory.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        # Never log identifiers (they may hold patient data) if we ever act as an SCU.
-        _config.LOG_REQUEST_IDENTIFIERS = False
-        _config.LOG_RESPONSE_IDENTIFIERS = False
         if not self.settings.allowed_calling_aes:
             logger.warning(
                 "Calling-AE allowlist is empty: accepting associations from any AE title "
                 "(set TRIAGE_ALLOWED_CALLING_AES to restrict)"
             )
-        handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, handle_conn_open, [self.settings.dicom_poll_interval_s]),
-            (evt.EVT_ACCEPTED, handle_accepted, [self.tracker, self.counters]),
-            (evt.EVT_REJECTED, handle_rejected, [self.counters]),
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store,
-             [self.store, self.tracker, self._on_stored, self.counters]),
-            (evt.EVT_RELEASED, handle_released,
-             [self.store, self.tracker, self._on_released, self.counters]),
-            (evt.EVT_ABORTED, handle_aborted, [self.tracker, self.counters]),
-        ]
-        self._server = self.ae.start_server(
-            (self.settings.dicom_host, self.settings.dicom_port),
-            block=False,
-            evt_handlers=handlers,
-        )
-        host, port = self._server.server_address[:2]
+        host, port = self.server.start(self.settings.dicom_host, self.settings.dicom_port)
         self.flusher.start()
         logger.info("DICOM listener %s on %s:%d", self.settings.ae_title, host, port)
-        return str(host), int(port)
+        return host, port
 
     def stop(self) -> None:
         """Stop accepting and close the server (in-flight associations are aborted)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
-        self.ae.shutdown()
+        self.server.stop()
         self.flusher.stop()
