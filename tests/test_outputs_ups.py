@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pydicom import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, generate_uid
@@ -28,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UnifiedProcedureStepWatch,
 )
 
-from triage.db import Database
+from triage.db import Database, ups_events
 from triage.outputs.report import Patient, Priority, ReportStatus, SourceImage, StudyReport
 from triage.outputs.ups import (
     GLOBAL_SUBSCRIPTION_UID,
@@ -321,7 +322,8 @@ def ups_peer(sqlite_db: Database) -> Iterator[UpsPeer]:
     event_scp = start_event_scp(subscriber_port, events)
     config = UpsConfig(port=0, subscribers={WATCHER: ("127.0.0.1", subscriber_port)},
                        event_backoff_s=0.05, network_timeout_s=5)
-    notifier = EventNotifier(config)
+    notifier = EventNotifier(sqlite_db, config)
+    notifier.start()
     service = UpsService(sqlite_db, config, notifier.publish)
     server = UpsServer(service, config)
     host, port = server.start()
@@ -551,7 +553,8 @@ def test_events_are_retried_until_the_subscriber_listens(sqlite_db: Database) ->
     port = free_port()
     config = UpsConfig(subscribers={WATCHER: ("127.0.0.1", port)}, event_backoff_s=0.1,
                        event_backoff_max_s=0.2, event_max_attempts=100, network_timeout_s=2)
-    notifier = EventNotifier(config)
+    notifier = EventNotifier(sqlite_db, config)
+    notifier.start()
     service = UpsService(sqlite_db, config, notifier.publish)
     report = make_report()
     service.upsert(report)
@@ -580,3 +583,203 @@ def test_config_rejects_bad_ae_titles_and_addresses() -> None:
     with pytest.raises(TypeError):
         config.subscribers[WATCHER] = ("x", 1)  # type: ignore[index]
 
+
+
+# --- the event outbox (ups_events) ---------------------------------------------------------
+
+def event_rows(db: Database) -> list[Any]:
+    with db.read() as conn:
+        return list(conn.execute(sa.select(ups_events).order_by(ups_events.c.id)))
+
+
+def logged_text(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_events_pending_at_a_restart_are_delivered_by_the_next_process(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    events: queue.Queue[Received] = queue.Queue()
+    port = free_port()  # the subscriber is down until the restart
+    config = UpsConfig(subscribers={WATCHER: ("127.0.0.1", port)}, event_backoff_s=0.05,
+                       event_backoff_max_s=0.2, event_max_attempts=1000, network_timeout_s=2)
+    first = EventNotifier(db, config)
+    first.start()
+    service = UpsService(db, config, first.publish)
+    report = make_report(Priority.LOW)
+    service.upsert(report)
+    uid = service.workitem_uid(report.study_instance_uid)
+    tuid = str(generate_uid())
+    service.subscribe(WATCHER, uid, deletion_lock=True)
+    service.upsert(replace(report, version=2, priority=Priority.HIGH))
+    service.change_state(uid, "IN PROGRESS", tuid)
+    service.change_state(uid, "COMPLETED", tuid)
+    wait_for(lambda: all(r.attempts > 0 for r in event_rows(db)), 10, what="failed attempts")
+    first.stop()
+    assert first.pending() == 4
+    rows = event_rows(db)
+    assert [(r.ae_title, r.workitem_uid, r.event_type) for r in rows] == [
+        (WATCHER, uid, EventType.STATE_REPORT)] * 4
+    assert all(r.delivered_at is None and r.gave_up_at is None for r in rows)
+    assert rows[0].last_error == f"association with 127.0.0.1:{port} failed"
+
+    # a new process: a new notifier on the same database; then the subscriber comes up
+    second = EventNotifier(db, config)
+    second.start()
+    scp = start_event_scp(port, events)
+    try:
+        received = [events.get(timeout=15) for _ in range(4)]
+        wait_for(lambda: second.pending() == 0, 5, what="outbox drained")
+        assert no_more(events, within=0.5)
+    finally:
+        second.stop()
+        scp.shutdown()
+    assert [(r.event_type, r.workitem_uid) for r in received] == [
+        (EventType.STATE_REPORT, uid)] * 4
+    assert [(r.info.ProcedureStepState, r.info.ScheduledProcedureStepPriority)
+            for r in received] == [("SCHEDULED", "LOW"), ("SCHEDULED", "HIGH"),
+                                   ("IN PROGRESS", "HIGH"), ("COMPLETED", "HIGH")]
+    assert all(r.delivered_at is not None and r.gave_up_at is None for r in event_rows(db))
+    logged = logged_text(caplog)
+    assert PATIENT_ID not in logged
+    assert PATIENT_NAME.split("^", maxsplit=1)[0] not in logged
+
+
+def no_more(events: queue.Queue[Received], within: float) -> bool:
+    try:
+        events.get(timeout=within)
+    except queue.Empty:
+        return True
+    return False
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_each_ae_gets_its_events_in_order_and_a_dead_one_delays_no_one(db: Database) -> None:
+    events: queue.Queue[Received] = queue.Queue()
+    port, dead_port = free_port(), free_port()
+    config = UpsConfig(subscribers={WATCHER: ("127.0.0.1", port),
+                                    "DEADWS": ("127.0.0.1", dead_port)},
+                       event_backoff_s=0.05, event_backoff_max_s=0.2,
+                       event_max_attempts=1000, network_timeout_s=2)
+    scp = start_event_scp(port, events)
+    notifier = EventNotifier(db, config)
+    notifier.start()
+    service = UpsService(db, config, notifier.publish)
+    try:
+        for title in (WATCHER, "DEADWS"):
+            service.subscribe(title, GLOBAL_SUBSCRIPTION_UID, deletion_lock=True)
+        reports = [make_report(Priority.MEDIUM) for _ in range(10)]
+        for report in reports:
+            service.upsert(report)
+        for report in reports[:4]:
+            service.upsert(replace(report, version=2, priority=Priority.HIGH))
+        expected = [(service.workitem_uid(r.study_instance_uid), "MEDIUM") for r in reports]
+        expected += [(service.workitem_uid(r.study_instance_uid), "HIGH") for r in reports[:4]]
+
+        received = [events.get(timeout=15) for _ in expected]
+        assert [(e.workitem_uid, str(e.info.ScheduledProcedureStepPriority))
+                for e in received] == expected
+        wait_for(lambda: notifier.pending() == len(expected), 5, what="WATCHER drained")
+        # the dead AE's events wait, in the database, in the order they were written
+        with db.read() as conn:
+            dead = list(conn.execute(
+                sa.select(ups_events.c.workitem_uid, ups_events.c.delivered_at)
+                .where(ups_events.c.ae_title == "DEADWS").order_by(ups_events.c.id)))
+        assert [r.workitem_uid for r in dead] == [uid for uid, _ in expected]
+        assert all(r.delivered_at is None for r in dead)
+    finally:
+        notifier.stop()
+        scp.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_events_are_given_up_after_max_attempts_and_later_ones_still_go_out(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    events: queue.Queue[Received] = queue.Queue()
+    port = free_port()
+    config = UpsConfig(subscribers={WATCHER: ("127.0.0.1", port)}, event_backoff_s=0.01,
+                       event_backoff_max_s=0.02, event_max_attempts=3, network_timeout_s=2)
+    notifier = EventNotifier(db, config)
+    notifier.start()
+    service = UpsService(db, config, notifier.publish)
+    reports = [make_report(Priority.LOW) for _ in range(2)]
+    for report in reports:
+        service.upsert(report)
+    scp = None
+    try:
+        # one transaction, two events: an initial State Report per open workitem
+        service.subscribe(WATCHER, GLOBAL_SUBSCRIPTION_UID, deletion_lock=True)
+        wait_for(lambda: "gave up after 3 attempts" in logged_text(caplog), 10, what="given up")
+        assert notifier.pending() == 0
+        rows = event_rows(db)
+        assert len(rows) == 2
+        assert all(r.gave_up_at is not None and r.delivered_at is None for r in rows)
+        assert [r.attempts for r in rows] == [3, 3]
+
+        scp = start_event_scp(port, events)
+        service.upsert(replace(reports[0], version=2, priority=Priority.HIGH))
+        received = events.get(timeout=15)
+        assert received.workitem_uid == service.workitem_uid(reports[0].study_instance_uid)
+        assert received.info.ScheduledProcedureStepPriority == "HIGH"
+        assert no_more(events, within=0.5)  # the given-up ones stay given up
+    finally:
+        notifier.stop()
+        if scp is not None:
+            scp.shutdown()
+
+
+def test_events_for_an_ae_without_address_are_given_up_on_start(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    old = UpsConfig(subscribers={"GONE": ("127.0.0.1", 1)})
+    service = UpsService(db, old, Recorder())  # a process that wrote events and stopped
+    report = make_report()
+    service.upsert(report)
+    service.subscribe("GONE", service.workitem_uid(report.study_instance_uid),
+                      deletion_lock=False)
+    notifier = EventNotifier(db, UpsConfig())  # restarted without that subscriber
+    assert notifier.pending() == 1
+    notifier.start()
+    try:
+        assert notifier.pending() == 0
+        [row] = event_rows(db)
+        assert row.gave_up_at is not None and row.delivered_at is None
+        assert row.last_error == "no address configured"
+        assert "GONE: no address configured, 1 marked as given up" in logged_text(caplog)
+    finally:
+        notifier.stop()
+
+
+def test_rows_delivered_or_given_up_over_a_week_ago_are_pruned(db: Database) -> None:
+    config = UpsConfig(subscribers={WATCHER: ("127.0.0.1", 1)})
+    service = UpsService(db, config, Recorder())
+    reports = [make_report() for _ in range(4)]
+    for report in reports:
+        service.upsert(report)
+        service.subscribe(WATCHER, service.workitem_uid(report.study_instance_uid),
+                          deletion_lock=False)
+    day = 24 * 3600.0
+    now = time.time()
+    ids = [r.id for r in event_rows(db)]
+    with db.write() as conn:
+        for event_id, values in zip(ids, [
+            {"delivered_at": now - 8 * day}, {"gave_up_at": now - 8 * day},
+            {"delivered_at": now - 6 * day}, {"created_at": now - 30 * day},  # still pending
+        ], strict=True):
+            conn.execute(ups_events.update().where(ups_events.c.id == event_id).values(**values))
+    notifier = EventNotifier(db, UpsConfig())  # no subscriber: nothing is sent
+    notifier.prune_if_due()
+    assert [r.id for r in event_rows(db)] == ids[2:]
+
+
+def test_an_existing_database_gains_the_event_table(db: Database) -> None:
+    ups_events.drop(db.engine)  # as written by the release before the outbox
+    assert not sa.inspect(db.engine).has_table("ups_events")
+    db.create_schema()
+    inspector = sa.inspect(db.engine)
+    assert inspector.has_table("ups_events")
+    assert "ix_ups_events_pending" in {ix["name"] for ix in inspector.get_indexes("ups_events")}

@@ -197,6 +197,26 @@ ups_subscriptions = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Index("ix_ups_subscriptions_workitem", "workitem_uid"),
 )
+
+# Outbox of UPS N-EVENT-REPORTs: written by triage.outputs.ups_store in the transaction of
+# the change that causes them, delivered in ``id`` order per AE by triage.outputs.ups.
+# A row is pending while ``delivered_at`` and ``gave_up_at`` are both NULL.  (Added without
+# a schema version change: ``create_schema`` creates it in an existing database.)
+ups_events = sa.Table(
+    "ups_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ae_title", sa.String(16), nullable=False),  # the subscriber
+    sa.Column("workitem_uid", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.Integer, nullable=False),  # UPS Event Type ID (1-5)
+    sa.Column("info", sa.Text, nullable=False),  # Event Information: pydicom Dataset.to_json()
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),  # failed delivery attempts
+    sa.Column("last_error", sa.String(256)),  # short, never patient data
+    sa.Column("delivered_at", sa.Float),  # answered by the subscriber
+    sa.Column("gave_up_at", sa.Float),  # dropped after event_max_attempts, or no address
+    sa.Index("ix_ups_events_pending", "ae_title", "delivered_at", "id"),
+)
 # --- end of UPS -----------------------------------------------------------------------------
 
 # One row per detector run on a series revision: the monitoring record (no PHI).

@@ -46,7 +46,8 @@ class OutputsProcess:
         ups = None
         if any(d.kind == "ups" for d in settings.destinations):
             config = ups_config(settings)
-            self.notifier = EventNotifier(config)
+            self.notifier = EventNotifier(self.db, config)
+            self.notifier.start()  # also sends what an earlier process left undelivered
             ups = UpsService(self.db, config, self.notifier.publish)
             self.ups_server = UpsServer(ups, config)
             host, port = self.ups_server.start()

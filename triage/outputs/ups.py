@@ -34,18 +34,25 @@ Requested, Progress Report, SCP Status Change, Assigned).  We send a UPS State R
 attribute, the new Scheduled Procedure Step Priority (0074,1200); SCUs must accept extra
 attributes (CC.2.4.2), and one that ignores them can N-GET the workitem.
 
-Events are delivered on one background thread per subscriber AE, so a dead subscriber
-never delays the others nor the caller, with exponential backoff between attempts; after
-``UpsConfig.event_max_attempts`` failed attempts the pending events of that AE are dropped
-and logged (without patient data).  Pending events live in memory: a restart loses them, and
-subscribers catch up by C-FIND or by subscribing again (which sends the current state).
+Events are kept in the index database (table ``ups_events``), written in the same
+transaction as the workitem or subscription change that causes them, so a restart loses
+none: :meth:`EventNotifier.start` picks up whatever an earlier process left undelivered.
+They are delivered on one background thread per subscriber AE, so a dead subscriber never
+delays the others nor the caller: each thread sends its AE's rows in the order they were
+written, over one association, and marks each row delivered as soon as the subscriber has
+answered it (a crash in between sends that event again: delivery is at least once).  Failed
+attempts back off exponentially; after ``UpsConfig.event_max_attempts`` consecutive failures
+the pending rows of that AE are marked given up (``gave_up_at``, with the last error) and
+logged without patient data, as are rows for an AE title that has no configured address.
+Subscribers that missed events catch up by C-FIND or by subscribing again (which sends the
+current state).  Delivered and given-up rows are deleted after 7 days.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -63,9 +70,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from triage.association import tune
+from triage.db import Database
 from triage.outputs import ups_dataset as content
 from triage.outputs.ups_service import STATUS_SUCCESS, UpsService
-from triage.outputs.ups_store import GLOBAL_SUBSCRIPTION_UID
+from triage.outputs.ups_store import GLOBAL_SUBSCRIPTION_UID, StoredEvent, UpsStore
 from triage.outputs.ups_types import (
     EventType,
     ProcedureStepState,
@@ -275,59 +283,86 @@ class UpsServer:
         self.ae.shutdown()
 
 
-class _Destination:
-    """The queue and delivery thread of one subscriber AE."""
+#: Outbox rows read (and sent over one association) at a time.
+_BATCH = 100
+#: Delivered and given-up rows are deleted after this long.
+EVENT_RETENTION_S = 7 * 24 * 3600.0
+_PRUNE_INTERVAL_S = 3600.0
 
-    def __init__(self, ae_title: str, address: tuple[str, int], config: UpsConfig,
-                 stopping: threading.Event) -> None:
+
+class _Destination:
+    """The delivery thread of one subscriber AE: sends its outbox rows in ``id`` order."""
+
+    def __init__(self, notifier: EventNotifier, ae_title: str, address: tuple[str, int]) -> None:
+        self.notifier = notifier
         self.ae_title = ae_title
         self.address = address
-        self.config = config
-        self.stopping = stopping
-        self.pending: collections.deque[UpsEvent] = collections.deque()
+        self.config = notifier.config
+        self.db = notifier.db
+        self.store = notifier.store
+        self.stopping = notifier.stopping
+        self.woken = False
         self.cond = threading.Condition()
         self.thread = threading.Thread(
             target=self._run, name=f"ups-events-{ae_title}", daemon=True
         )
 
-    def put(self, events: Sequence[UpsEvent]) -> None:
+    def wake(self) -> None:
         with self.cond:
-            self.pending.extend(events)
+            self.woken = True
             self.cond.notify()
 
     def _run(self) -> None:
         failures = 0
         while not self.stopping.is_set():
             with self.cond:
-                self.cond.wait_for(lambda: self.pending or self.stopping.is_set())
-                batch = list(self.pending)
-            if self.stopping.is_set():
-                break
-            done = self._deliver(batch)
-            with self.cond:
-                for _ in range(done):
-                    self.pending.popleft()
-            if done == len(batch):
-                failures = 0
-                continue
-            failures += 1
-            if failures >= self.config.event_max_attempts:
-                with self.cond:
-                    dropped = len(self.pending)
-                    self.pending.clear()
-                logger.error("UPS events for %s: gave up after %d attempts, %d dropped",
-                             self.ae_title, failures, dropped)
-                failures = 0
-                continue
-            delay = min(self.config.event_backoff_max_s,
-                        self.config.event_backoff_s * 2 ** (failures - 1))
-            self.stopping.wait(delay)
-        if self.pending:
-            logger.warning("UPS events for %s: %d not delivered at shutdown",
-                           self.ae_title, len(self.pending))
+                self.woken = False
+            try:
+                self.notifier.prune_if_due()
+                with self.db.read() as conn:
+                    batch = self.store.pending_events(conn, self.ae_title, _BATCH)
+                if not batch:
+                    with self.cond:  # new rows: woken by publish(), or seen on the next poll
+                        self.cond.wait_for(lambda: self.woken or self.stopping.is_set(),
+                                           timeout=self.notifier.poll_interval_s)
+                    continue
+                done, error = self._deliver(batch)
+                if done == len(batch):
+                    failures = 0
+                    continue
+                failures += 1
+                with self.db.write() as conn:
+                    self.store.events_failed(conn, self.ae_title, batch[-1].id, error)
+                if failures >= self.config.event_max_attempts:
+                    with self.db.write() as conn:
+                        dropped = self.store.give_up_events(conn, self.ae_title)
+                    logger.error("UPS events for %s: gave up after %d attempts (%s), %d marked "
+                                 "as given up", self.ae_title, failures, error, dropped)
+                    failures = 0
+                    continue
+                delay = min(self.config.event_backoff_max_s,
+                            self.config.event_backoff_s * 2 ** (failures - 1))
+                self.stopping.wait(delay)
+            except Exception as exc:  # the database is away (or a bug): keep the thread alive
+                logger.error("UPS events for %s: %s, retrying in %.0f s", self.ae_title,
+                             type(exc).__name__, self.notifier.poll_interval_s,
+                             exc_info=not isinstance(exc, sqlalchemy.exc.SQLAlchemyError))
+                self.stopping.wait(self.notifier.poll_interval_s)
+        try:
+            with self.db.read() as conn:
+                left = self.store.count_pending_events(conn, self.ae_title)
+        except Exception:
+            return
+        if left:
+            logger.info("UPS events for %s: %d not yet delivered, kept for the next start",
+                        self.ae_title, left)
 
-    def _deliver(self, batch: list[UpsEvent]) -> int:
-        """Send ``batch`` over one association; returns how many were answered."""
+    def _deliver(self, batch: Sequence[StoredEvent]) -> tuple[int, str]:
+        """Send ``batch`` over one association, marking each answered row delivered.
+
+        Returns how many were answered and, when not all of them, why (no patient data).
+        Database errors while marking propagate (the row is sent again later).
+        """
         host, port = self.address
         ae = AE(ae_title=self.config.ae_title)
         ae.network_timeout = self.config.network_timeout_s
@@ -335,79 +370,130 @@ class _Destination:
         ae.dimse_timeout = self.config.network_timeout_s
         ae.add_requested_context(UnifiedProcedureStepEvent, _TRANSFER_SYNTAXES)
         done = 0
+        error = ""
         try:
             assoc = ae.associate(host, port, ae_title=self.ae_title,
                                  evt_handlers=[(evt.EVT_CONN_OPEN, handle_conn_open)])
             if not assoc.is_established:
                 logger.warning("UPS events for %s: association with %s:%d failed",
                                self.ae_title, host, port)
-                return 0
+                return 0, f"association with {host}:{port} failed"
             try:
-                for event in batch:
+                for stored in batch:
+                    event = stored.event
                     status, _ = assoc.send_n_event_report(
                         event.info, int(event.event_type), UnifiedProcedureStepPush,
                         event.workitem_uid, msg_id=done % 65535 + 1,
                     )
                     code = getattr(status, "Status", None)
                     if code is None:  # no answer: the association is gone
+                        error = "no answer to N-EVENT-REPORT"
                         break
+                    note = None
                     if code != STATUS_SUCCESS:
+                        note = f"refused with 0x{code:04X}"
                         logger.warning("UPS event %s about %s refused by %s with 0x%04X",
                                        event.event_type.name, event.workitem_uid,
                                        self.ae_title, code)
+                    with self.db.write() as conn:
+                        self.store.event_delivered(conn, stored.id, note=note)
                     done += 1
             finally:
                 if assoc.is_established:
                     assoc.release()
-        except Exception:
+        except sqlalchemy.exc.SQLAlchemyError:
+            raise
+        except Exception as exc:
             logger.exception("UPS events for %s: delivery failed", self.ae_title)
+            error = f"delivery failed: {type(exc).__name__}"
         finally:
             ae.shutdown()
-        return done
+        return done, error
 
 
 class EventNotifier:
-    """Delivers UPS N-EVENT-REPORTs in the background; :meth:`publish` never blocks."""
+    """Delivers the UPS N-EVENT-REPORTs of the ``ups_events`` outbox in the background.
 
-    def __init__(self, config: UpsConfig) -> None:
+    :meth:`start` begins delivery to every configured subscriber, including what an earlier
+    process left undelivered; :meth:`publish` only wakes the threads (the events are already
+    stored by :class:`UpsService`) and never blocks on the network.  Without a wake-up, each
+    thread looks for new rows every ``poll_interval_s`` (rows written by other processes).
+    """
+
+    def __init__(self, db: Database, config: UpsConfig, *, poll_interval_s: float = 5.0) -> None:
+        self.db = db
         self.config = config
-        self._stopping = threading.Event()
+        self.store = UpsStore(db)
+        self.poll_interval_s = poll_interval_s
+        self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._destinations: dict[str, _Destination] = {}
+        self._next_prune = 0.0
+
+    def start(self) -> None:
+        """Start the delivery threads; rows for AE titles without an address are given up."""
+        with self.db.read() as conn:
+            waiting = self.store.pending_event_aes(conn)
+        for ae_title in waiting:
+            if ae_title not in self.config.subscribers:
+                self._give_up_unaddressed(ae_title)
+        self.prune_if_due()
+        for ae_title in self.config.subscribers:
+            self._destination(ae_title)
 
     def publish(self, events: Sequence[UpsEvent]) -> None:
-        """Queue ``events`` for their subscribers (unknown AE titles are dropped)."""
-        by_ae: dict[str, list[UpsEvent]] = collections.defaultdict(list)
-        for event in events:
-            by_ae[event.ae_title].append(event)
-        for ae_title, items in by_ae.items():
+        """Wake the delivery threads of the subscribers of ``events`` (stored already)."""
+        for ae_title in dict.fromkeys(event.ae_title for event in events):
             destination = self._destination(ae_title)
-            if destination is None:
-                logger.warning("UPS events for %s dropped: no address configured", ae_title)
-                continue
-            destination.put(items)
+            if destination is not None:
+                destination.wake()
+            elif ae_title not in self.config.subscribers:
+                self._give_up_unaddressed(ae_title)
+
+    def _give_up_unaddressed(self, ae_title: str) -> None:
+        try:
+            with self.db.write() as conn:
+                dropped = self.store.give_up_events(conn, ae_title, "no address configured")
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            logger.error("UPS events for %s (no address configured): not marked, %s",
+                         ae_title, type(exc).__name__)
+            return
+        if dropped:
+            logger.warning("UPS events for %s: no address configured, %d marked as given up",
+                           ae_title, dropped)
 
     def _destination(self, ae_title: str) -> _Destination | None:
         address = self.config.subscribers.get(ae_title)
-        if address is None or self._stopping.is_set():
+        if address is None or self.stopping.is_set():
             return None
         with self._lock:
             destination = self._destinations.get(ae_title)
             if destination is None:
-                destination = _Destination(ae_title, address, self.config, self._stopping)
+                destination = _Destination(self, ae_title, address)
                 self._destinations[ae_title] = destination
                 destination.thread.start()
         return destination
 
-    def pending(self) -> int:
-        """Events not yet delivered."""
+    def prune_if_due(self) -> None:
+        """Delete rows delivered or given up over 7 days ago, at most once an hour."""
+        now = time.monotonic()
         with self._lock:
-            destinations = list(self._destinations.values())
-        return sum(len(d.pending) for d in destinations)
+            if now < self._next_prune:
+                return
+            self._next_prune = now + _PRUNE_INTERVAL_S
+        with self.db.write() as conn:
+            deleted = self.store.prune_events(conn, time.time() - EVENT_RETENTION_S)
+        if deleted:
+            logger.info("UPS events: %d rows older than 7 days deleted", deleted)
+
+    def pending(self) -> int:
+        """Events not yet delivered (nor given up), of every AE."""
+        with self.db.read() as conn:
+            return self.store.count_pending_events(conn)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the delivery threads (undelivered events are logged and lost)."""
-        self._stopping.set()
+        """Stop the delivery threads; undelivered events stay stored for the next start."""
+        self.stopping.set()
         with self._lock:
             destinations = list(self._destinations.values())
         for destination in destinations:

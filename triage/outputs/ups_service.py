@@ -1,9 +1,11 @@
 """UPS domain logic: one workitem per analysed study, kept at the worklist's priority.
 
 No networking here.  Every change is a compare-and-set in the index database
-(:mod:`triage.outputs.ups_store`); once it has committed, the N-EVENT-REPORTs it causes are
-handed as :class:`UpsEvent` values to an injected ``publish`` callable (the SCP's
-:class:`~triage.outputs.ups.EventNotifier` delivers them in the background).
+(:mod:`triage.outputs.ups_store`); the N-EVENT-REPORTs it causes are written to the
+``ups_events`` outbox in the same transaction, so a change and its events commit (or fail)
+together.  Once committed, they are also handed as :class:`UpsEvent` values to an injected
+``publish`` callable, which only has to wake the sender: the SCP's
+:class:`~triage.outputs.ups.EventNotifier` delivers the stored rows in the background.
 
 Failures carry the DIMSE status that PS3.4 Annex CC assigns (:class:`UpsError`); warnings
 are returned as status codes.  State changes (Table CC.1.1-2):
@@ -86,7 +88,8 @@ class UpsService:
     config
         Our AE title, known subscribers, station name.
     publish
-        Receives the events of each committed change; must not block.
+        Receives the events of each committed change (already in the outbox); must not
+        block.
     """
 
     def __init__(self, db: Database, config: UpsConfig, publish: Publish = _discard) -> None:
@@ -112,6 +115,8 @@ class UpsService:
         for _ in range(_CAS_ATTEMPTS):
             with self.db.write() as conn:
                 outcome = self._upsert_once(conn, report, uid)
+                if outcome is not None:
+                    self.store.add_events(conn, outcome[1])
             if outcome is not None:
                 changed, events = outcome
                 self._publish(events)
@@ -247,6 +252,7 @@ class UpsService:
                     conn, title, workitem_uid, deletion_lock=deletion_lock
                 )
                 events.append(self._state_event(title, row.dataset()))
+            self.store.add_events(conn, events)
         logger.info("UPS subscription of %s to %s (deletion lock %s)",
                     title, workitem_uid, deletion_lock)
         self._publish(events)
@@ -384,6 +390,7 @@ class UpsService:
                     transaction_uid=change.transaction_uid,
                 ):
                     continue
+                self.store.add_events(conn, change.events)
             if change.ds is not None:
                 logger.info("UPS workitem %s: %s", workitem_uid, what)
             self._publish(change.events)

@@ -1,6 +1,7 @@
 """Persistence of UPS workitems and subscriptions in the index database.
 
-Sole writer of the ``ups_workitems`` and ``ups_subscriptions`` tables (:mod:`triage.db`).
+Sole writer of the ``ups_workitems``, ``ups_subscriptions`` and ``ups_events`` tables
+(:mod:`triage.db`).
 Every change of a workitem is a compare-and-set on its ``revision``, so concurrent writers
 (the SCP's threads, workers in other processes) never lose an update; callers retry on a
 lost race.  The workitem's DICOM attributes are kept as pydicom's JSON model
@@ -11,6 +12,11 @@ Global subscriptions are materialised: subscribing globally adds a row per open 
 and creating a workitem adds a row per global subscriber.  Both happen under one lock
 (``pg_advisory_xact_lock`` on PostgreSQL; SQLite serialises writers anyway), so a workitem
 created while an AE subscribes globally is never missed.
+
+``ups_events`` is the outbox of N-EVENT-REPORTs: :class:`~triage.outputs.ups_service.UpsService`
+adds the events of a change in the change's own transaction, and the notifier of
+:mod:`triage.outputs.ups` delivers them per AE in ``id`` order, marking each row delivered
+(or given up).  The Event Information is kept as pydicom's JSON text (``Dataset.to_json()``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import sqlalchemy as sa
 from pydicom import Dataset
 from sqlalchemy.engine import Connection
 
-from triage.db import Database, ups_subscriptions, ups_workitems
+from triage.db import Database, ups_events, ups_subscriptions, ups_workitems
+from triage.outputs.ups_types import EventType, UpsEvent
 
 #: Well-known SOP Instance UID that addresses every UPS of the SCP (PS3.4 CC.2.3.2).
 GLOBAL_SUBSCRIPTION_UID = "1.2.840.10008.5.1.4.34.5"
@@ -62,6 +69,18 @@ class Subscription:
     ae_title: str
     workitem_uid: str
     deletion_lock: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One pending row of the event outbox."""
+
+    id: int
+    event: UpsEvent
+
+
+def _pending_events() -> sa.ColumnElement[bool]:
+    return sa.and_(ups_events.c.delivered_at.is_(None), ups_events.c.gave_up_at.is_(None))
 
 
 def _row(r: Any) -> WorkitemRow:
@@ -257,3 +276,85 @@ class UpsStore:
             .order_by(ups_subscriptions.c.ae_title)
         )
         return [Subscription(r.ae_title, r.workitem_uid, r.deletion_lock) for r in rows]
+
+    # --- the event outbox ------------------------------------------------------------------
+
+    def add_events(self, conn: Connection, events: Iterable[UpsEvent]) -> None:
+        """Queue ``events`` for delivery (in the caller's transaction, in this order)."""
+        now = time.time()
+        rows = [
+            {
+                "ae_title": e.ae_title,
+                "workitem_uid": e.workitem_uid,
+                "event_type": int(e.event_type),
+                "info": e.info.to_json(),
+                "created_at": now,
+                "attempts": 0,
+            }
+            for e in events
+        ]
+        if rows:
+            conn.execute(ups_events.insert(), rows)
+
+    def pending_events(self, conn: Connection, ae_title: str, limit: int) -> list[StoredEvent]:
+        """The oldest ``limit`` undelivered events for ``ae_title``, in the order queued."""
+        rows = conn.execute(
+            sa.select(ups_events.c.id, ups_events.c.workitem_uid, ups_events.c.event_type,
+                      ups_events.c.info)
+            .where(ups_events.c.ae_title == ae_title, _pending_events())
+            .order_by(ups_events.c.id)
+            .limit(limit)
+        )
+        return [
+            StoredEvent(r.id, UpsEvent(ae_title, r.workitem_uid, EventType(r.event_type),
+                                       Dataset.from_json(r.info)))
+            for r in rows
+        ]
+
+    def count_pending_events(self, conn: Connection, ae_title: str | None = None) -> int:
+        """Undelivered events (not given up), of one AE or of all."""
+        query = sa.select(sa.func.count()).select_from(ups_events).where(_pending_events())
+        if ae_title is not None:
+            query = query.where(ups_events.c.ae_title == ae_title)
+        return int(conn.execute(query).scalar() or 0)
+
+    def pending_event_aes(self, conn: Connection) -> list[str]:
+        """The AE titles that have undelivered events."""
+        rows = conn.execute(
+            sa.select(ups_events.c.ae_title).where(_pending_events()).distinct()
+        )
+        return sorted(r.ae_title for r in rows)
+
+    def event_delivered(self, conn: Connection, event_id: int, *, note: str | None = None) -> None:
+        """Mark one event as answered by its subscriber (``note``: e.g. a refusal status)."""
+        values: dict[str, Any] = {"delivered_at": time.time()}
+        if note is not None:
+            values["last_error"] = note[:256]
+        conn.execute(ups_events.update().where(ups_events.c.id == event_id).values(**values))
+
+    def events_failed(self, conn: Connection, ae_title: str, up_to_id: int, error: str) -> None:
+        """Count a failed attempt on the pending events of ``ae_title`` up to ``up_to_id``."""
+        conn.execute(
+            ups_events.update()
+            .where(ups_events.c.ae_title == ae_title, ups_events.c.id <= up_to_id,
+                   _pending_events())
+            .values(attempts=ups_events.c.attempts + 1, last_error=error[:256])
+        )
+
+    def give_up_events(self, conn: Connection, ae_title: str, reason: str | None = None) -> int:
+        """Mark every pending event of ``ae_title`` as given up; returns how many."""
+        values: dict[str, Any] = {"gave_up_at": time.time()}
+        if reason is not None:
+            values["last_error"] = reason[:256]
+        return int(conn.execute(
+            ups_events.update()
+            .where(ups_events.c.ae_title == ae_title, _pending_events())
+            .values(**values)
+        ).rowcount or 0)
+
+    def prune_events(self, conn: Connection, older_than: float) -> int:
+        """Delete events delivered or given up before ``older_than`` (epoch seconds)."""
+        return int(conn.execute(
+            ups_events.delete().where(sa.or_(ups_events.c.delivered_at < older_than,
+                                             ups_events.c.gave_up_at < older_than))
+        ).rowcount or 0)
