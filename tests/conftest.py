@@ -268,3 +268,17 @@ def worker_argv(name: str = "test") -> list[str]:
         "-c", "1", "--pool", "prefork", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
     ]
+
+
+def orthanc_namespace_problem() -> str | None:
+    """Why Orthanc cannot run in a private network namespace here, or None."""
+    if shutil.which("Orthanc") is None:
+        return "Orthanc is not installed (Debian package orthanc)"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare or ip is missing"
+    if os.geteuid() != 0:
+        return "a private network namespace for Orthanc needs root (unshare -n)"
+    done = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+    if done.returncode != 0:
+        return f"unshare -n is not permitted here: {done.stderr.decode().strip()}"
+    return None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from tests.dicom_factory import series_uids, write_series
 from triage.db import Database, instances, series
 from triage.sender import send
 
+REPO = Path(__file__).resolve().parent.parent
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 Start = Callable[..., RunningListener]
@@ -371,3 +374,37 @@ def test_both_ends_disable_nagle(start_listener: Start, sqlite_db: Database) -> 
         assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         assoc.release()
+
+
+# --- a real PACS forwarding to us ---------------------------------------------------------------
+
+@pytest.mark.integration
+def test_orthanc_forwards_a_study_in_every_syntax_it_holds(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """Orthanc (DCMTK's SCU, as many PACS) echoes us and C-STOREs what it holds, unchanged."""
+    from tests.conftest import orthanc_namespace_problem
+
+    problem = orthanc_namespace_problem()
+    if problem:
+        pytest.skip(problem)
+    files = [*write_series(tmp_path / "ct", 4), *corpus.values()]
+    script = f"ip link set lo up && exec {sys.executable} tests/orthanc_forwarder.py \"$@\""
+    done = subprocess.run(["unshare", "-n", "sh", "-c", script, "sh", str(tmp_path),
+                           *map(str, files)], cwd=REPO, capture_output=True, text=True,
+                          timeout=180, check=False)
+    log = (tmp_path / "orthanc.log").read_text(errors="replace")[-3000:] \
+        if (tmp_path / "orthanc.log").exists() else ""
+    assert done.returncode == 0, f"{done.stderr[-3000:]}\n{log}"
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["echo"] in ({}, None), summary["echo"]
+    expected = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
+    indexed = {row["sop_instance_uid"]: row for row in summary["indexed"]}
+    assert set(indexed) == set(expected), summary["store"]
+    assert {row["calling_ae"] for row in indexed.values()} == {"PACS"}
+    for uid, source in expected.items():
+        row = indexed[uid]
+        # Stored as Orthanc holds it: same transfer syntax, same data set bytes.
+        assert row["transfer_syntax_uid"] == str(
+            dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        assert dcmread(row["path"]).PixelData == dcmread(source).PixelData

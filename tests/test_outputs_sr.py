@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -36,6 +35,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 
+from tests.conftest import orthanc_namespace_problem
 from triage.outputs.report import (
     FindingResult,
     Patient,
@@ -511,22 +511,9 @@ def _bare() -> Dataset:
 
 # --- a real PACS ------------------------------------------------------------------------------
 
-def _namespace_problem() -> str | None:
-    if shutil.which("Orthanc") is None:
-        return "Orthanc is not installed (Debian package orthanc)"
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "unshare or ip is missing"
-    if os.geteuid() != 0:
-        return "a private network namespace for Orthanc needs root (unshare -n)"
-    done = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
-    if done.returncode != 0:
-        return f"unshare -n is not permitted here: {done.stderr.decode().strip()}"
-    return None
-
-
 @pytest.mark.integration
 def test_orthanc_stores_sr_and_kos_once(report: StudyReport, tmp_path: Path) -> None:
-    problem = _namespace_problem()
+    problem = orthanc_namespace_problem()
     if problem:
         pytest.skip(problem)
     files = []
