@@ -99,16 +99,34 @@ def record(db: Database, records: Iterable[AnalysisRecord]) -> int:
 
 def recent(db: Database, detector: str, *, limit: int,
            outcomes: Sequence[Outcome] = (Outcome.ANALYSED,),
+           model_version: str | None = None,
            with_features: bool = False) -> list[AnalysisRecord]:
-    """The newest ``limit`` records of ``detector``, oldest first."""
-    return _select(db, detector, outcomes, with_features, newest=True, limit=limit)
+    """The newest ``limit`` records of ``detector`` (of one model version if given),
+    oldest first."""
+    return _select(db, detector, outcomes, model_version, with_features, newest=True,
+                   limit=limit)
 
 
 def earliest(db: Database, detector: str, *, limit: int,
              outcomes: Sequence[Outcome] = (Outcome.ANALYSED,),
+             model_version: str | None = None,
              with_features: bool = False) -> list[AnalysisRecord]:
-    """The first ``limit`` records of ``detector`` (e.g. a drift reference), oldest first."""
-    return _select(db, detector, outcomes, with_features, newest=False, limit=limit)
+    """The first ``limit`` records of ``detector`` (of one model version if given; e.g. a
+    drift reference), oldest first."""
+    return _select(db, detector, outcomes, model_version, with_features, newest=False,
+                   limit=limit)
+
+
+def latest_version(db: Database, detector: str,
+                   outcomes: Sequence[Outcome] = (Outcome.ANALYSED,)) -> str | None:
+    """The model version of ``detector``'s newest record with one of ``outcomes``."""
+    query = (sa.select(analyses.c.model_version)
+             .where(analyses.c.detector == detector,
+                    analyses.c.outcome.in_([o.value for o in outcomes]))
+             .order_by(analyses.c.analysed_at.desc(), analyses.c.job_id.desc()).limit(1))
+    with db.read() as conn:
+        version = conn.execute(query).scalar()
+    return None if version is None else str(version)
 
 
 def detectors(db: Database) -> list[str]:
@@ -117,17 +135,21 @@ def detectors(db: Database) -> list[str]:
         return sorted(conn.execute(sa.select(analyses.c.detector).distinct()).scalars())
 
 
-def _select(db: Database, detector: str, outcomes: Sequence[Outcome], with_features: bool,
-            *, newest: bool, limit: int) -> list[AnalysisRecord]:
+def _select(db: Database, detector: str, outcomes: Sequence[Outcome],
+            model_version: str | None, with_features: bool, *, newest: bool,
+            limit: int) -> list[AnalysisRecord]:
     columns = [c for c in analyses.c if with_features or c.name != "features"]
-    order = analyses.c.analysed_at.desc() if newest else analyses.c.analysed_at.asc()
+    order = ((analyses.c.analysed_at.desc(), analyses.c.job_id.desc()) if newest
+             else (analyses.c.analysed_at.asc(), analyses.c.job_id.asc()))
     query = (
         sa.select(*columns)
         .where(analyses.c.detector == detector,
                analyses.c.outcome.in_([o.value for o in outcomes]))
-        .order_by(order, analyses.c.job_id)
+        .order_by(*order)
         .limit(limit)
     )
+    if model_version is not None:
+        query = query.where(analyses.c.model_version == model_version)
     with db.read() as conn:
         rows = list(conn.execute(query))
     if newest:

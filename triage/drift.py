@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from triage.analyses import detectors
+from triage.analyses import AnalysisRecord, Outcome, detectors, earliest, latest_version, recent
 from triage.config import Settings
 from triage.db import Database, analyses
 from triage.performance import wilson_interval
@@ -90,7 +90,7 @@ MIN_VALUES = 20
 #: A day needs this many analysed studies before its flag rate can alarm.
 FLAG_RATE_MIN_STUDIES = 50
 _TAIL_ANCHOR = 10  # bootstrap samples above the anchor quantile of the tail extrapolation
-_OUTCOMES = ("analysed", "ood")
+_OUTCOMES = (Outcome.ANALYSED, Outcome.OOD)
 
 
 class DriftState(enum.StrEnum):
@@ -327,17 +327,6 @@ def flag_rate_alarm(flagged: int, studies: int, ref_flagged: int, ref_studies: i
 # --- service -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class _Row:
-    job_id: str
-    analysed_at: float
-    outcome: str
-    probability: float | None
-    flagged: bool | None
-    ood_score: float | None
-    inputs: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
 class _Prepared:
     """One calibrated test: the reference side and its threshold."""
 
@@ -367,7 +356,7 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _extractors(reference: Sequence[_Row]) -> list[tuple[str, bool, Any]]:
+def _extractors(reference: Sequence[AnalysisRecord]) -> list[tuple[str, bool, Any]]:
     """(name, numeric?, row -> value) of every test the reference supports."""
     out: list[tuple[str, bool, Any]] = [
         (f"input:{key}", True, lambda r, k=key: _number(r.inputs.get(k))) for key in NUMERIC_INPUTS
@@ -376,12 +365,12 @@ def _extractors(reference: Sequence[_Row]) -> list[tuple[str, bool, Any]]:
             for key in CATEGORICAL_INPUTS if any(key in r.inputs for r in reference)]
     out.append(("score:probability", True, lambda r: _number(r.probability)))
     if sum(r.ood_score is not None for r in reference) * 2 >= len(reference):
-        out.append(("ood:rate", False, lambda r: r.outcome))
+        out.append(("ood:rate", False, lambda r: r.outcome.value))
         out.append(("ood:score", True, lambda r: _number(r.ood_score)))
     return out
 
 
-def _calibrate(key: tuple[Any, ...], reference: Sequence[_Row], window_size: int,
+def _calibrate(key: tuple[Any, ...], reference: Sequence[AnalysisRecord], window_size: int,
                settings: Settings) -> tuple[_Prepared, ...]:
     rng = np.random.default_rng(zlib.crc32(repr(key).encode()))
     samples = settings.drift_bootstrap_samples
@@ -410,9 +399,9 @@ def _calibrate(key: tuple[Any, ...], reference: Sequence[_Row], window_size: int
     )
 
 
-def _calibration(detector: str, version: str, reference: Sequence[_Row], window_size: int,
+def _calibration(detector: str, version: str, reference: Sequence[AnalysisRecord], window_size: int,
                  settings: Settings) -> tuple[_Prepared, ...]:
-    content = repr([(r.job_id, r.analysed_at, r.outcome, r.probability, r.ood_score,
+    content = repr([(r.job_id, r.analysed_at, r.outcome.value, r.probability, r.ood_score,
                      sorted(r.inputs.items())) for r in reference])
     key = (detector, version, len(reference), window_size, settings.drift_false_alarm_rate,
            settings.drift_bootstrap_samples, zlib.crc32(content.encode()))
@@ -428,8 +417,8 @@ def _calibration(detector: str, version: str, reference: Sequence[_Row], window_
     return prepared
 
 
-def _run_tests(prepared: Sequence[_Prepared], reference: Sequence[_Row],
-               window: Sequence[_Row]) -> tuple[DriftTest, ...]:
+def _run_tests(prepared: Sequence[_Prepared], reference: Sequence[AnalysisRecord],
+               window: Sequence[AnalysisRecord]) -> tuple[DriftTest, ...]:
     getters = {name: get for name, _, get in _extractors(reference)}
     out = []
     for test in prepared:
@@ -448,35 +437,10 @@ def _run_tests(prepared: Sequence[_Prepared], reference: Sequence[_Row],
     return tuple(out)
 
 
-_COLUMNS = (analyses.c.job_id, analyses.c.analysed_at, analyses.c.outcome,
-            analyses.c.probability, analyses.c.flagged, analyses.c.ood_score, analyses.c.inputs)
-
-
-def _current_version(db: Database, detector: str) -> str | None:
-    query = (sa.select(analyses.c.model_version)
-             .where(analyses.c.detector == detector, analyses.c.outcome.in_(_OUTCOMES))
-             .order_by(analyses.c.analysed_at.desc(), analyses.c.job_id.desc()).limit(1))
-    with db.read() as conn:
-        return conn.execute(query).scalar()
-
-
-def _rows(db: Database, detector: str, version: str, *, newest: bool, limit: int) -> list[_Row]:
-    """Like :func:`triage.analyses.earliest` / ``recent`` for one model version, oldest first."""
-    order = ((analyses.c.analysed_at.desc(), analyses.c.job_id.desc()) if newest
-             else (analyses.c.analysed_at.asc(), analyses.c.job_id.asc()))
-    query = (sa.select(*_COLUMNS)
-             .where(analyses.c.detector == detector, analyses.c.model_version == version,
-                    analyses.c.outcome.in_(_OUTCOMES))
-             .order_by(*order).limit(limit))
-    with db.read() as conn:
-        rows = [_Row(r.job_id, r.analysed_at, r.outcome, r.probability, r.flagged, r.ood_score,
-                     dict(r.inputs or {})) for r in conn.execute(query)]
-    return rows[::-1] if newest else rows
-
-
-def _flag_rate(db: Database, detector: str, version: str, reference: Sequence[_Row],
+def _flag_rate(db: Database, detector: str, version: str, reference: Sequence[AnalysisRecord],
                now: float) -> FlagRate:
-    ref = [r.flagged for r in reference if r.outcome == "analysed" and r.flagged is not None]
+    ref = [r.flagged for r in reference
+           if r.outcome is Outcome.ANALYSED and r.flagged is not None]
     ref_n, ref_k = len(ref), sum(ref)
     ref_ci = wilson_interval(ref_k, ref_n) if ref_n else (None, None)
     in_reference = {r.job_id for r in reference}
@@ -487,7 +451,7 @@ def _flag_rate(db: Database, detector: str, version: str, reference: Sequence[_R
         end = start + dt.timedelta(days=1)
         query = sa.select(analyses.c.job_id, analyses.c.flagged).where(
             analyses.c.detector == detector, analyses.c.model_version == version,
-            analyses.c.outcome == "analysed", analyses.c.flagged.is_not(None),
+            analyses.c.outcome == Outcome.ANALYSED.value, analyses.c.flagged.is_not(None),
             analyses.c.analysed_at >= start.timestamp(),
             analyses.c.analysed_at < min(end.timestamp(), now + 1e-6))
         with db.read() as conn:
@@ -505,15 +469,17 @@ def evaluate_detector(db: Database, settings: Settings, detector: str, *,
                       now: float | None = None) -> DetectorDrift | None:
     """Drift of ``detector``'s current model version; ``None`` when it has no analysed record."""
     now = time.time() if now is None else now
-    version = _current_version(db, detector)
+    version = latest_version(db, detector, _OUTCOMES)
     if version is None:
         return None
-    reference = _rows(db, detector, version, newest=False, limit=settings.drift_reference_size)
+    reference = earliest(db, detector, limit=settings.drift_reference_size, outcomes=_OUTCOMES,
+                         model_version=version)
     if len(reference) < settings.drift_reference_size:
         return DetectorDrift(detector, version, DriftState.COLLECTING_REFERENCE, len(reference),
                              0, (), None, False)
     flag_rate = _flag_rate(db, detector, version, reference, now)
-    window = _rows(db, detector, version, newest=True, limit=settings.drift_window_size)
+    window = recent(db, detector, limit=settings.drift_window_size, outcomes=_OUTCOMES,
+                    model_version=version)
     in_reference = {r.job_id for r in reference}
     tests: tuple[DriftTest, ...] = ()
     if len(window) < settings.drift_window_size or any(r.job_id in in_reference for r in window):
