@@ -100,4 +100,12 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     wait_for(lambda: len(rows()) == 3, 20, what="three rows")
     Select(driver.find_element(By.ID, "f-finding")).select_by_value("hemorrhage")
     wait_for(lambda: len(rows()) == 1, 20, what="filtered to one row")
+
+    # the live-performance page counts that verdict; both pages get the shared style
+    driver.get(f"http://127.0.0.1:{port}/performance")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "section[data-detector=hemorrhage]"),
+             20, what="hemorrhage section")
+    assert "1 verdicts" in driver.find_element(By.CSS_SELECTOR, "section").text
+    background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(17, 20, 24)"
     db.dispose()

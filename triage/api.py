@@ -46,6 +46,8 @@ AI_NOTICE = ("AI triage output: not for diagnosis. Bundled models were trained o
              "phantoms only. Every study stays on the list.")
 PAGE = Path(__file__).parent / "web" / "index.html"
 PERFORMANCE_PAGE = Path(__file__).parent / "web" / "performance.html"
+#: Script and style shared by the pages, served under /ui/.
+UI_ASSETS = {"common.js": "text/javascript", "common.css": "text/css"}
 PERFORMANCE_NOTICE = (
     "Monitoring of AI output, not a diagnosis. The model card's validation PPV holds at the "
     "synthetic validation set's prevalence; a site's PPV moves with its own prevalence.")
@@ -518,6 +520,15 @@ def create_app(
         logger.warning("AI result of a study retracted by %s (report version %d)",
                        request.state.user, version)
         return RetractOut(version=version)
+
+    @app.get("/ui/{name}", include_in_schema=False)
+    def ui_asset(name: str) -> Response:
+        """Script and style shared by the pages."""
+        media_type = UI_ASSETS.get(name)
+        if media_type is None:
+            raise HTTPException(status_code=404, detail="no such file")
+        return Response((PAGE.parent / name).read_text(encoding="utf-8"),
+                        media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     @app.get("/performance", response_class=HTMLResponse, include_in_schema=False)
     def performance_page() -> HTMLResponse:
