@@ -7,6 +7,7 @@ returns a ready detector or raises (never ``None``).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from models.detector import (
     MODELS_DIR,
@@ -35,8 +36,8 @@ __all__ = [
 ]
 
 
-def card(name: str) -> ModelCard:
-    """The model card of detector ``name``.
+def card(name: str, *, root: Path | None = None) -> ModelCard:
+    """The model card of detector ``name`` (bundled, or in ``root/<name>`` for experiments).
 
     Raises
     ------
@@ -45,7 +46,7 @@ def card(name: str) -> ModelCard:
     """
     if name not in DETECTORS:
         raise ModelNotFoundError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
-    return ModelCard.read(MODELS_DIR / name)
+    return ModelCard.read((root or MODELS_DIR) / name)
 
 
 def available() -> list[ModelCard]:
@@ -59,8 +60,11 @@ def available() -> list[ModelCard]:
     return cards
 
 
-def load(name: str, *, device: str = "cpu") -> Detector:
+def load(name: str, *, device: str = "cpu", root: Path | None = None) -> Detector:
     """Load detector ``name`` with its sha256-verified weights onto ``device``.
+
+    ``root``: a folder with ``<name>/metadata.json`` (an experiment's ``models train --out``)
+    instead of the bundled detectors.
 
     Raises
     ------
@@ -69,7 +73,7 @@ def load(name: str, *, device: str = "cpu") -> Detector:
     WeightsError
         Weight file missing or not the one the card names.
     """
-    model_card = card(name)  # raises for an unknown name before any import is tried
+    model_card = card(name, root=root)  # raises for an unknown name before any import is tried
     module = importlib.import_module(f"models.{name}")
     detector: Detector = module.build(model_card, device=device)
     return detector

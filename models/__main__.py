@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib
 import json
 import logging
@@ -75,6 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     names = models.DETECTORS if args.name == "all" else (args.name,)
     defs = [definition(n) for n in names]
+    if args.pool is not None:  # an experiment: recorded in the card's "network" section
+        defs = [dataclasses.replace(d, network={**d.network, "pool": args.pool}) for d in defs]
     train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
     val_seeds = list(range(training.VALIDATION_SEEDS, training.VALIDATION_SEEDS + args.val_cases))
     for region in {d.region for d in defs}:
@@ -98,12 +101,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from models import assess, cards, training  # noqa: PLC0415
 
     d = definition(args.name)
-    card = models.card(args.name)
+    card = models.card(args.name, root=args.models_dir)
     started = time.monotonic()
     if args.data:
         if not args.labels:
             raise SystemExit("--data needs --labels (CSV: study_instance_uid,finding,...)")
-        detector = models.load(args.name, device=args.device)
+        detector = models.load(args.name, device=args.device, root=args.models_dir)
         labels = assess.read_site_labels(args.labels)
         results, skipped = assess.evaluate_folder(detector, args.data, labels, d.finding)
         timings: list[float] = []
@@ -111,7 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         seeds = list(range(args.seed_base, args.seed_base + args.cases))
         results, skipped, timings = assess.evaluate_synthetic(
-            args.name, seeds, workers=args.workers, device=args.device,
+            args.name, seeds, workers=args.workers, device=args.device, root=args.models_dir,
             progress=progress_printer(f"evaluating {args.name}"))
         source = (f"held-out synthetic phantoms, seeds {seeds[0]}-{seeds[-1]} (training "
                   f"used {training.TRAIN_SEEDS}+, validation {training.VALIDATION_SEEDS}+)")
@@ -247,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path,
                    help="write weights and card to OUT/<name> instead of the bundled folder "
                         "(experiments)")
+    t.add_argument("--pool", choices=["avg", "max"],
+                   help="global pooling of the last feature map (default: the definition's, "
+                        "average); recorded in the card (experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cache", type=Path, default=Path("var/model-cache"))
@@ -260,6 +266,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", type=Path, help="CSV: study_instance_uid,finding[,subtype,...]")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--models-dir", type=Path,
+                   help="evaluate the card in MODELS_DIR/<name> (the --out of `train`) instead "
+                        "of the bundled one")
     e.add_argument("--out", type=Path, default=Path("var/eval"))
     e.add_argument("--update-card", action="store_true",
                    help="write the results into metadata.json and README.md")

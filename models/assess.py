@@ -79,9 +79,9 @@ def synthetic_attributes(labels: dict[str, Any], finding: str) -> tuple[bool, di
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(name: str, device: str) -> None:
+def _init_worker(name: str, device: str, root: Path | None) -> None:
     torch.set_num_threads(1)
-    _WORKER["detector"] = models.load(name, device=device)
+    _WORKER["detector"] = models.load(name, device=device, root=root)
     _WORKER["name"] = name
 
 
@@ -106,14 +106,18 @@ def evaluate_synthetic(
     *,
     workers: int = 2,
     device: str = "cpu",
+    root: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[StudyResult], list[str], list[float]]:
-    """Score held-out synthetic studies; returns results, not-analysed reasons, timings."""
+    """Score held-out synthetic studies; returns results, not-analysed reasons, timings.
+
+    ``root``: evaluate the card in ``root/<name>`` (an experiment) instead of the bundled one.
+    """
     results: list[StudyResult] = []
     skipped: list[str] = []
     timings: list[float] = []
     with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
-                             initargs=(name, device)) as pool:
+                             initargs=(name, device, root)) as pool:
         for done, (result, reason, elapsed) in enumerate(pool.map(_evaluate_seed, seeds), 1):
             if result is not None:
                 results.append(result)

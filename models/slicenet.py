@@ -50,6 +50,14 @@ class SliceNet(nn.Module):
             num_classes=1,
             feed_forward=False,
         )
+        # "avg" (the default and what the bundled weights use) or "max": a global max over the
+        # last feature map lets a finding a few pixels wide decide the slice, where the average
+        # over the whole crop dilutes it.  No parameters either way: the weights are the same.
+        pool = str(network.get("pool", "avg"))
+        if pool == "max":
+            self.backbone.add_module("avgpool", nn.AdaptiveMaxPool2d(1))
+        elif pool != "avg":
+            raise ValueError(f"network pool {pool!r} is not 'avg' or 'max'")
         self.dropout = nn.Dropout(float(network.get("dropout", 0.0)))
         self.head = nn.Linear(planes[-1], 1)
 
