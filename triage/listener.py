@@ -96,7 +96,7 @@ def supported_contexts() -> dict[str, tuple[str, ...]]:
     """Verification plus every storage SOP class, each in :data:`TRANSFER_SYNTAXES`."""
     syntaxes = tuple(str(ts) for ts in TRANSFER_SYNTAXES)
     supported: dict[str, tuple[str, ...]] = {
-        VERIFICATION: ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+        VERIFICATION: (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
     }
     for cx in AllStoragePresentationContexts:
         if cx.abstract_syntax is not None:

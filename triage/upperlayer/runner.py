@@ -82,12 +82,17 @@ class _Connection:
         self._buffer = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buffer)
 
+    def _recv(self, n: int) -> int:
+        """Receive up to ``n`` bytes into the buffer; how many arrived."""
+        got = self.sock.recv_into(self._view, min(n, _RECV_BUFFER))
+        if got == 0:
+            raise PeerGone("connection closed by the peer")
+        return got
+
     def read(self, n: int) -> bytes:
         chunks = []
         while n > 0:
-            got = self.sock.recv_into(self._view, min(n, _RECV_BUFFER))
-            if got == 0:
-                raise PeerGone("connection closed by the peer")
+            got = self._recv(n)
             chunks.append(bytes(self._view[:got]))
             n -= got
         return b"".join(chunks)
@@ -101,9 +106,7 @@ class _Connection:
         view = self._view
         error: OSError | None = None
         while n > 0:
-            got = self.sock.recv_into(view, min(n, _RECV_BUFFER))
-            if got == 0:
-                raise PeerGone("connection closed by the peer")
+            got = self._recv(n)
             n -= got
             if error is not None:
                 continue
@@ -116,10 +119,7 @@ class _Connection:
 
     def skip(self, n: int) -> None:
         while n > 0:
-            got = self.sock.recv_into(self._view, min(n, _RECV_BUFFER))
-            if got == 0:
-                raise PeerGone("connection closed by the peer")
-            n -= got
+            n -= self._recv(n)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -131,12 +131,39 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """The elements of a received DIMSE command set that we act on (PS3.7 §9.3, §9.1.5)."""
+
+    field: int  # Command Field
+    message_id: int
+    has_data: bool  # Command Data Set Type other than 0x0101
+    sop_class: str  # Affected SOP Class UID
+    sop_instance: str  # Affected SOP Instance UID
+
+    @classmethod
+    def parse(cls, raw: bytes) -> _Command:
+        elements = decode_command(raw)
+        field_raw = elements.get(0x0100)
+        if field_raw is None or len(field_raw) != 2:
+            raise ProtocolError("DIMSE command without a Command Field")
+        message_id = elements.get(0x0110)
+        data_set_type = elements.get(0x0800, us_value(NO_DATA_SET))
+        return cls(
+            field=struct.unpack("<H", field_raw)[0],
+            message_id=struct.unpack("<H", message_id[:2])[0] if message_id else 0,
+            has_data=struct.unpack("<H", data_set_type[:2])[0] != NO_DATA_SET,
+            sop_class=decode_text(elements.get(0x0002, b"")),
+            sop_instance=decode_text(elements.get(0x1000, b"")),
+        )
+
+
 @dataclass(slots=True)
 class _Message:
     """A DIMSE message being received on one presentation context."""
 
     context: PresentationContext
-    command: dict[int, bytes]
+    command: _Command
     fd: int | None = None
     path: Path | None = None
     error: OSError | None = None  # writing the data set failed; answered as out of resources
@@ -306,7 +333,7 @@ class AssociationRunner:
                 raise ProtocolError("DIMSE command set too long")
             self._command += self.conn.read(size)
             if last:
-                command = decode_command(bytes(self._command))
+                command = _Command.parse(bytes(self._command))
                 self._command.clear()
                 self._on_command(context, command)
             return
@@ -324,27 +351,18 @@ class AssociationRunner:
 
     # DIMSE ------------------------------------------------------------
 
-    def _on_command(self, context: PresentationContext, command: dict[int, bytes]) -> None:
-        field_raw = command.get(0x0100)
-        message_id_raw = command.get(0x0110)
-        if field_raw is None or len(field_raw) != 2:
-            raise ProtocolError("DIMSE command without a Command Field")
-        command_field = struct.unpack("<H", field_raw)[0]
-        message_id = struct.unpack("<H", message_id_raw)[0] if message_id_raw else 0
-        has_data = struct.unpack("<H", command.get(0x0800, us_value(NO_DATA_SET))[:2])[0] \
-            != NO_DATA_SET
-        if command_field == C_STORE_RQ and has_data:
+    def _on_command(self, context: PresentationContext, command: _Command) -> None:
+        if command.field == C_STORE_RQ and command.has_data:
             self._message = self._open_message(context, command)
             return
-        if command_field == C_CANCEL_RQ:
+        if command.field == C_CANCEL_RQ:
             return
-        if has_data:  # some other request with a data set: skip it, then refuse
+        if command.has_data:  # some other request with a data set: skip it, then refuse
             self._message = _Message(context, command)
             return
-        self._answer_request(context, command, command_field, message_id)
+        self._answer_request(context, command)
 
-    def _open_message(self, context: PresentationContext,
-                      command: dict[int, bytes]) -> _Message:
+    def _open_message(self, context: PresentationContext, command: _Command) -> _Message:
         assert self.assoc is not None
         message = _Message(context, command)
         name = f"{uuid.uuid4().hex}.part"
@@ -357,8 +375,8 @@ class AssociationRunner:
         message.fd, message.path = fd, path
         try:
             _write_all(fd, memoryview(file_meta(
-                decode_text(command.get(0x0002, b"")), decode_text(command.get(0x1000, b"")),
-                context.transfer_syntax or "", self.assoc.calling_ae,
+                command.sop_class, command.sop_instance, context.transfer_syntax or "",
+                self.assoc.calling_ae,
             )))
         except OSError as exc:
             message.error = exc
@@ -367,15 +385,9 @@ class AssociationRunner:
     def _on_data_set(self, message: _Message) -> None:
         assert self.assoc is not None
         command = message.command
-        field_raw = command.get(0x0100, us_value(0))
-        command_field = struct.unpack("<H", field_raw[:2])[0]
-        message_id_raw = command.get(0x0110)
-        message_id = struct.unpack("<H", message_id_raw)[0] if message_id_raw else 0
-        if command_field != C_STORE_RQ:
-            self._answer_request(message.context, command, command_field, message_id)
+        if command.field != C_STORE_RQ:
+            self._answer_request(message.context, command)
             return
-        sop_class = decode_text(command.get(0x0002, b""))
-        sop_instance = decode_text(command.get(0x1000, b""))
         try:
             if message.fd is not None:
                 fd, message.fd = message.fd, None
@@ -385,14 +397,16 @@ class AssociationRunner:
         try:
             error = message.error
             outcome = self._store(StoreRequest(
-                message_id, sop_class, sop_instance, message.context.transfer_syntax or "",
+                command.message_id, command.sop_class, command.sop_instance,
+                message.context.transfer_syntax or "",
                 message.path if error is None else None,
                 None if error is None else (error.strerror or str(error)),
             ))
         finally:
             _discard(message)
-        self._respond(message.context, C_STORE_RSP, message_id, outcome.status,
-                      sop_class=sop_class, sop_instance=sop_instance, comment=outcome.comment)
+        self._respond(message.context, C_STORE_RSP, command.message_id, outcome.status,
+                      sop_class=command.sop_class, sop_instance=command.sop_instance,
+                      comment=outcome.comment)
 
     def _store(self, request: StoreRequest) -> Outcome:
         assert self.assoc is not None
@@ -402,17 +416,16 @@ class AssociationRunner:
             logger.exception("Unexpected error storing instance %s", request.sop_instance_uid)
             return Outcome(0xC211, "unexpected error in the receiver")
 
-    def _answer_request(self, context: PresentationContext, command: dict[int, bytes],
-                        command_field: int, message_id: int) -> None:
-        if command_field & 0x8000:
+    def _answer_request(self, context: PresentationContext, command: _Command) -> None:
+        if command.field & 0x8000:
             raise ProtocolError("unexpected DIMSE response from the requestor",
                                 ABORT_REASON_UNEXPECTED_PDU)
-        sop_class = decode_text(command.get(0x0002, b""))
-        if command_field == C_ECHO_RQ:
-            self._respond(context, C_ECHO_RSP, message_id, 0x0000, sop_class=sop_class)
+        if command.field == C_ECHO_RQ:
+            self._respond(context, C_ECHO_RSP, command.message_id, 0x0000,
+                          sop_class=command.sop_class)
             return
-        self._respond(context, command_field | 0x8000, message_id,
-                      STATUS_UNRECOGNISED_OPERATION, sop_class=sop_class or None)
+        self._respond(context, command.field | 0x8000, command.message_id,
+                      STATUS_UNRECOGNISED_OPERATION, sop_class=command.sop_class or None)
 
     def _respond(self, context: PresentationContext, command_field: int, message_id: int,
                  status: int, *, sop_class: str | None, sop_instance: str | None = None,
