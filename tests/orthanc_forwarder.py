@@ -14,11 +14,9 @@ DCMTK-based SCU negotiates the contexts); read our index.  Prints one JSON objec
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
 
+from tests.orthanc_peer import free_port, rest, wait_ready
 from triage.config import Settings
 from triage.db import Database, instances
 from triage.listener import Listener
 from triage.store import Store
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rest(port: int, path: str, body: bytes | None = None) -> Any:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                     method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(request, timeout=60) as rsp:
-        data = rsp.read()
-    return json.loads(data) if data.strip() else None
-
-
-def wait_ready(proc: subprocess.Popen[bytes], http_port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {proc.returncode}")
-        try:
-            rest(http_port, "/system")
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("Orthanc did not answer on its REST API")
 
 
 def main(workdir: Path, files: list[Path]) -> dict[str, Any]:
@@ -80,11 +52,12 @@ def main(workdir: Path, files: list[Path]) -> dict[str, Any]:
                                     stderr=subprocess.STDOUT)
             try:
                 wait_ready(proc, http_port)
-                ids = [rest(http_port, "/instances", path.read_bytes())["ID"] for path in files]
-                echo = rest(http_port, "/modalities/triage/echo", b"{}")
+                ids = [rest(http_port, "/instances", path.read_bytes(), timeout=60)["ID"]
+                       for path in files]
+                echo = rest(http_port, "/modalities/triage/echo", b"{}", timeout=60)
                 started = time.monotonic()
                 moved = rest(http_port, "/modalities/triage/store", json.dumps(
-                    {"Resources": ids, "Synchronous": True}).encode())
+                    {"Resources": ids, "Synchronous": True}).encode(), timeout=60)
                 store_s = time.monotonic() - started
             finally:
                 proc.terminate()

@@ -35,9 +35,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def rest(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as rsp:
-        return json.loads(rsp.read())
+def rest(port: int, path: str, body: bytes | None = None, *, timeout: float = 5) -> Any:
+    """GET ``path`` from Orthanc's REST API, or POST ``body`` to it; the decoded JSON."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                     method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=timeout) as rsp:
+        data = rsp.read()
+    return json.loads(data) if data.strip() else None
 
 
 def wait_ready(proc: subprocess.Popen[bytes], http_port: int, timeout: float = 60.0) -> None:
