@@ -191,23 +191,13 @@ def build_kos(report: StudyReport, *, device: DeviceIdentity) -> KeyObjectSelect
     series = series_uid(report, device, "KO")
     sop_uid = device.uid("ko", series, str(report.version))
     names = ", ".join(dict.fromkeys(f.finding for f in report.flagged))
-    headers = [_image_dataset(report, image) for image in keys]
-    content = KeyObjectSelection(
-        document_title=_OF_INTEREST, referenced_objects=headers,
-        observer_device_context=_observer(device),
-        description=f"Key images of AI-flagged findings: {names}. {DISCLAIMER}"[:1024],
+    return _key_object_document(
+        report, device, title=_OF_INTEREST,
+        references=[_image_dataset(report, image) for image in keys],
+        description=f"Key images of AI-flagged findings: {names}. {DISCLAIMER}",
+        series=series, sop_uid=sop_uid,
+        series_description="AI key images (not for diagnosis)",
     )
-    kos = KeyObjectSelectionDocument(
-        evidence=headers,
-        content=content, series_instance_uid=series,
-        series_number=device.kos_series_number, sop_instance_uid=sop_uid,
-        instance_number=report.version, manufacturer=device.manufacturer,
-        institution_name=device.institution_name,
-        contributing_equipment=contributing_equipment(report, device),
-        **header_kwargs(report, device, "AI key images (not for diagnosis)"),
-    )
-    apply_report_header(kos, report, device)
-    return kos
 
 
 def build_rejection_note(report: StudyReport, rejected: DocumentReference, *,
@@ -223,21 +213,31 @@ def build_rejection_note(report: StudyReport, rejected: DocumentReference, *,
                               rejected.series_instance_uid)
     why = ("the AI result is withdrawn" if report.status is ReportStatus.RETRACTED
            else f"superseded by AI result version {report.version}")
-    content = KeyObjectSelection(
-        document_title=_REJECTED, referenced_objects=[reference],
-        observer_device_context=_observer(device),
-        description=f"Earlier AI key-image selection rejected: {why}. {DISCLAIMER}"[:1024],
+    return _key_object_document(
+        report, device, title=_REJECTED, references=[reference],
+        description=f"Earlier AI key-image selection rejected: {why}. {DISCLAIMER}",
+        series=series, sop_uid=sop_uid, series_description="AI key images withdrawn",
     )
-    note = KeyObjectSelectionDocument(
-        evidence=[reference], content=content, series_instance_uid=series,
+
+
+def _key_object_document(report: StudyReport, device: DeviceIdentity, *, title: Code,
+                         references: list[Dataset], description: str, series: str,
+                         sop_uid: str, series_description: str) -> KeyObjectSelectionDocument:
+    """A Key Object Selection Document in the KOS series of ``device`` for ``report``."""
+    content = KeyObjectSelection(
+        document_title=title, referenced_objects=references,
+        observer_device_context=_observer(device), description=description[:1024],
+    )
+    document = KeyObjectSelectionDocument(
+        evidence=references, content=content, series_instance_uid=series,
         series_number=device.kos_series_number, sop_instance_uid=sop_uid,
         instance_number=report.version, manufacturer=device.manufacturer,
         institution_name=device.institution_name,
         contributing_equipment=contributing_equipment(report, device),
-        **header_kwargs(report, device, "AI key images withdrawn"),
+        **header_kwargs(report, device, series_description),
     )
-    apply_report_header(note, report, device)
-    return note
+    apply_report_header(document, report, device)
+    return document
 
 
 # --- content ------------------------------------------------------------------------------------
