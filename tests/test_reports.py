@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -26,6 +27,28 @@ from triage.store import Store
 DESTINATIONS = ["pacs", "ris"]
 
 
+@dataclass
+class _Staged:
+    """A 20-slice head series indexed, assembled and ready to be analysed."""
+
+    store: Store
+    ledger: JobLedger
+    assembler: Assembler
+    paths: list[Path]
+    study_uid: str
+    series_uid: str
+
+
+def _staged(db: Database, tmp_path: Path) -> _Staged:
+    store = Store(tmp_path / "spool", db)
+    ledger = JobLedger(db)
+    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    stage(store, tmp_path / "s", 20)
+    paths = sorted((tmp_path / "s").glob("*.dcm"))
+    study_uid, series_uid = series_uids(paths)
+    return _Staged(store, ledger, assembler, paths, study_uid, series_uid)
+
+
 def _analyse(assembler: Assembler, ledger: JobLedger, result: dict[str, object],
              now: float) -> None:
     (ready,) = [r for r in assembler.sweep(now=now) if r.job_id]
@@ -43,12 +66,9 @@ def _with_uids(result: dict[str, object], paths: list[Path]) -> dict[str, object
 
 
 def test_versions_follow_the_result(db: Database, tmp_path: Path) -> None:
-    store = Store(tmp_path / "spool", db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
-    stage(store, tmp_path / "s", 20)
-    paths = sorted((tmp_path / "s").glob("*.dcm"))
-    study_uid, series_uid = series_uids(paths)
+    rig = _staged(db, tmp_path)
+    store, ledger, assembler, paths = rig.store, rig.ledger, rig.assembler, rig.paths
+    study_uid, series_uid = rig.study_uid, rig.series_uid
     assert reports.refresh(db, study_uid, DESTINATIONS) is None  # nothing analysed yet
 
     _analyse(assembler, ledger, _with_uids(_result(0.97, True), paths), time.time() + 60)
@@ -89,11 +109,8 @@ def test_versions_follow_the_result(db: Database, tmp_path: Path) -> None:
 
 
 def test_racing_writers_write_a_version_once(db: Database, tmp_path: Path) -> None:
-    store = Store(tmp_path / "spool", db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
-    stage(store, tmp_path / "s", 20)
-    study_uid, _ = series_uids(sorted((tmp_path / "s").glob("*.dcm")))
+    rig = _staged(db, tmp_path)
+    ledger, assembler, study_uid = rig.ledger, rig.assembler, rig.study_uid
     _analyse(assembler, ledger, _result(0.9, True), time.time() + 60)
     # two workers computed the same change; the primary key lets one of them write it
     first = reports._write(db, study_uid, 1, status=ReportStatus.FINAL, priority=Priority.HIGH,
@@ -115,12 +132,9 @@ def _ood_skip(detector: str, finding: str) -> dict[str, object]:
 
 def test_out_of_distribution_is_reported_as_not_applicable_to_the_site(
         db: Database, tmp_path: Path) -> None:
-    store = Store(tmp_path / "spool", db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
-    stage(store, tmp_path / "s", 20)
-    paths = sorted((tmp_path / "s").glob("*.dcm"))
-    study_uid, _ = series_uids(paths)
+    rig = _staged(db, tmp_path)
+    store, ledger, assembler, paths = rig.store, rig.ledger, rig.assembler, rig.paths
+    study_uid = rig.study_uid
     # hemorrhage analysed (negative), stroke out of distribution
     result = _with_uids(_result(0.12, False), paths)
     result["skipped"] = [_ood_skip("stroke", "ischemic stroke")]
@@ -144,12 +158,9 @@ def test_out_of_distribution_is_reported_as_not_applicable_to_the_site(
 
 def test_wholly_out_of_distribution_study_still_tells_the_site(
         db: Database, tmp_path: Path) -> None:
-    store = Store(tmp_path / "spool", db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
-    stage(store, tmp_path / "s", 20)
-    paths = sorted((tmp_path / "s").glob("*.dcm"))
-    study_uid, _ = series_uids(paths)
+    rig = _staged(db, tmp_path)
+    store, ledger, assembler, paths = rig.store, rig.ledger, rig.assembler, rig.paths
+    study_uid = rig.study_uid
     uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
     skips = [_ood_skip("hemorrhage", "intracranial hemorrhage"),
              _ood_skip("stroke", "ischemic stroke")]
