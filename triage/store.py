@@ -380,9 +380,10 @@ class Store:
         self._check_space(size)
         try:
             with self.db.write() as conn:
-                # The instance row goes first so that a duplicate costs no disk I/O; the
-                # transaction commits only after the file is durable in the spool, so a
-                # committed row always has its file.
+                # The instance row goes first so that a duplicate is neither placed nor
+                # indexed again (only its flush, started before the header was read, is
+                # spent); the transaction commits only after the file is durable in the
+                # spool, so a committed row always has its file.
                 inserted = self._index(conn, header, rel=rel, size=size, calling_ae=calling_ae,
                                        association_id=association_id)
                 if inserted:
