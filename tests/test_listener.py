@@ -20,7 +20,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.conftest import RunningListener
+from tests.conftest import RunningListener, wait_for
 from tests.dicom_factory import series_uids, write_series
 from triage.db import Database, instances, series
 from triage.sender import send
@@ -79,9 +79,13 @@ def test_pynetdicom_echo_and_store(start_listener: Start, sqlite_db: Database,
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     statuses = [assoc.send_c_store(dcmread(p)).Status for p in paths]
+    # the file for the next instance is made while the peer prepares it; one at most
+    assert len(list(running.store.incoming_dir.iterdir())) <= 1
     assoc.release()
     assert statuses == [0x0000] * 5
     assert index_count(sqlite_db) == 5
+    wait_for(lambda: not any(running.store.incoming_dir.iterdir()), 5,
+             what="the spare file removed at the end of the association")
     study, series_uid = series_uids(paths)
     stored = sorted((running.settings.spool / study / series_uid).glob("*.dcm"))
     assert len(stored) == 5
@@ -102,7 +106,6 @@ def test_release_starts_the_release_grace(start_listener: Start, sqlite_db: Data
         with sqlite_db.read() as conn:
             return conn.execute(sa.select(series.c.association_released_at)).scalar() is not None
 
-    from tests.conftest import wait_for
     wait_for(released, 5, what="release recorded")
 
 

@@ -7,6 +7,7 @@ answer the sender with Success.  The received bytes are never decoded beyond the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -263,6 +264,8 @@ class _Flush:
             os.fdatasync(self._fd)
         except OSError as exc:
             self._error = exc
+            return
+        _drop_cached_pages(self._fd)
 
     def wait(self) -> None:
         """Until the file's data is on disk; raises the ``OSError`` of a failed flush."""
@@ -275,6 +278,18 @@ class _Flush:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+def _drop_cached_pages(fd: int) -> None:
+    """Let the kernel reuse the page cache of a file that is now durable.
+
+    The spool is written once and read back once, later, by a worker: keeping its pages
+    cached only makes every new instance allocate fresh memory, which measured as the
+    largest single cost of an instance (512 KB: 1.46 ms to write with fresh pages, 0.26 ms
+    when the pages of the previous instance are reused).  Advisory; errors are ignored.
+    """
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_path(path: Path) -> None:
@@ -466,6 +481,7 @@ class Store:
                     shutil.copyfileobj(fin, fout, 1 << 20)
                     fout.flush()
                     os.fdatasync(fout.fileno())
+                    _drop_cached_pages(fout.fileno())
                 os.replace(tmp, dest)
             except BaseException:
                 tmp.unlink(missing_ok=True)

@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_WRITE_SLICE = 16384  # page-cache writes above ~32 KB are several times slower on ext4 here
 _RECV_BUFFER = 262144
 _MAX_COMMAND = 65536  # a DIMSE command set is a few hundred bytes
 _MAX_NON_DATA_PDU = 1 << 20  # association / release / abort PDUs are small
@@ -98,7 +97,7 @@ class _Connection:
         return b"".join(chunks)
 
     def copy_to(self, fd: int, n: int) -> OSError | None:
-        """Write the next ``n`` bytes of the stream to ``fd`` in small page-cache writes.
+        """Write the next ``n`` bytes of the stream to ``fd``, each receive in one write.
 
         All ``n`` bytes are consumed from the socket even when a write fails (the
         association stays in step); the first write error is returned.
@@ -111,8 +110,7 @@ class _Connection:
             if error is not None:
                 continue
             try:
-                for start in range(0, got, _WRITE_SLICE):
-                    _write_all(fd, view[start:min(got, start + _WRITE_SLICE)])
+                _write_all(fd, view[:got])
             except OSError as exc:
                 error = exc
         return error
@@ -182,6 +180,7 @@ class AssociationRunner:
         self.assoc: Association | None = None
         self._command = bytearray()
         self._message: _Message | None = None
+        self._spare: tuple[int, Path] | None = None  # the next instance's file, made early
         self._admitted = False
 
     # One association, start to end -----------------------------------------------------------
@@ -207,6 +206,7 @@ class AssociationRunner:
             self._ended(f"connection error ({exc.strerror or exc})")
         finally:
             self._discard_message()
+            self._drop_spare()
             if self._admitted:
                 self.server.leave()
             with contextlib.suppress(OSError):
@@ -365,13 +365,13 @@ class AssociationRunner:
     def _open_message(self, context: PresentationContext, command: _Command) -> _Message:
         assert self.assoc is not None
         message = _Message(context, command)
-        name = f"{uuid.uuid4().hex}.part"
-        path = self.config.incoming_dir / name
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            fd, path = self._spare if self._spare is not None else self._create_incoming()
         except OSError as exc:
             message.error = exc
             return message
+        finally:
+            self._spare = None
         message.fd, message.path = fd, path
         try:
             _write_all(fd, memoryview(file_meta(
@@ -381,6 +381,28 @@ class AssociationRunner:
         except OSError as exc:
             message.error = exc
         return message
+
+    def _create_incoming(self) -> tuple[int, Path]:
+        path = self.config.incoming_dir / f"{uuid.uuid4().hex}.part"
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), path
+
+    def _prepare_spare(self) -> None:
+        """Create the next instance's file now, while the peer prepares its next request.
+
+        Creating a file in the spool took ~0.6 ms in the kernel right after the syncs of
+        the previous instance (ext4 without journal); here it overlaps the peer's turn.
+        """
+        if self._spare is None:
+            with contextlib.suppress(OSError):
+                self._spare = self._create_incoming()
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                os.close(spare[0])
+            with contextlib.suppress(OSError):
+                spare[1].unlink(missing_ok=True)
 
     def _on_data_set(self, message: _Message) -> None:
         assert self.assoc is not None
@@ -407,6 +429,7 @@ class AssociationRunner:
         self._respond(message.context, C_STORE_RSP, command.message_id, outcome.status,
                       sop_class=command.sop_class, sop_instance=command.sop_instance,
                       comment=outcome.comment)
+        self._prepare_spare()
 
     def _store(self, request: StoreRequest) -> Outcome:
         assert self.assoc is not None
