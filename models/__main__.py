@@ -89,6 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             d, args.cache, train_seeds=train_seeds, val_seeds=val_seeds,
             out_folder=(args.out or models.MODELS_DIR) / d.name, epochs=args.epochs,
             batch=args.batch, lr=args.lr, negative_ratio=args.negative_ratio,
+            balance=args.balance,
             device=args.device,
         )
         print(f"{d.name}: validation AUC {result.validation_auc:.4f}, threshold "
@@ -247,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--negative-ratio", type=float, default=2.0,
                    help="negative slices drawn per positive slice")
+    t.add_argument("--balance", choices=["slice", "study"],
+                   help="positive slices: each once (slice) or each positive study with the "
+                        "same share (study); default: the definition's (experiments)")
     t.add_argument("--out", type=Path,
                    help="write weights and card to OUT/<name> instead of the bundled folder "
                         "(experiments)")

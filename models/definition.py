@@ -22,6 +22,8 @@ class Definition:
     eligibility: Eligibility
     target_specificity: float = 0.95
     network: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_NETWORK))
+    # how training draws positive slices: "slice" or "study" (see models.training)
+    positive_balance: str = "slice"
     # strata reported by evaluation, beyond vendor, age band, sex and slice thickness
     strata: tuple[str, ...] = ("subtype", "size_band")
 

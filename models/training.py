@@ -132,24 +132,43 @@ def load_cache(folder: Path, seeds: Sequence[int], region: Region) -> list[Cache
     return studies
 
 
+#: How positive slices are drawn in an epoch: ``slice`` takes every positive slice once, so
+#: a lesion counts as many times as it has slices; ``study`` draws as many positives, with
+#: replacement, each positive study with the same share, so a 0.5 mL bleed on two slices
+#: weighs as much as a 60 mL one on twenty (the study is what the worklist flags).
+POSITIVE_BALANCES = ("slice", "study")
+
+
 class SliceSampler:
     """Balanced batches of 2.5-D slices with light augmentation."""
 
     def __init__(self, studies: Sequence[CachedStudy], cfg: Preprocessing, *,
-                 negative_ratio: float, rng: np.random.Generator) -> None:
+                 negative_ratio: float, rng: np.random.Generator,
+                 balance: str = "slice") -> None:
+        if balance not in POSITIVE_BALANCES:
+            raise ValueError(f"positive balance {balance!r} is not one of {POSITIVE_BALANCES}")
         self.studies = studies
         self.cfg = cfg
         self.rng = rng
+        self.balance = balance
         self.positives = [(i, s) for i, st in enumerate(studies)
                           for s in np.nonzero(st.positive)[0]]
         self.negatives = [(i, s) for i, st in enumerate(studies)
                           for s in np.nonzero(~st.positive)[0]]
         self.negative_ratio = negative_ratio
+        per_study = np.bincount([i for i, _ in self.positives], minlength=len(studies))
+        weights = np.array([1.0 / per_study[i] for i, _ in self.positives])
+        self._study_weights = weights / weights.sum() if weights.size else weights
 
     def epoch(self, batch: int) -> list[list[tuple[int, int, bool]]]:
         n_neg = min(len(self.negatives), int(len(self.positives) * self.negative_ratio))
         neg_idx = self.rng.choice(len(self.negatives), n_neg, replace=False)
-        items = [(i, s, True) for i, s in self.positives]
+        if self.balance == "study" and self.positives:
+            pos_idx = self.rng.choice(len(self.positives), len(self.positives),
+                                      p=self._study_weights)
+            items = [(*self.positives[k], True) for k in pos_idx]
+        else:
+            items = [(i, s, True) for i, s in self.positives]
         items += [(*self.negatives[k], False) for k in neg_idx]
         order = self.rng.permutation(len(items))
         return [[items[k] for k in order[start : start + batch]]
@@ -215,6 +234,7 @@ def train(
     batch: int = 32,
     lr: float = 2e-3,
     negative_ratio: float = 2.0,
+    balance: str | None = None,
     device: str = "cpu",
     seed: int = 0,
     log: Callable[[str], None] = print,
@@ -227,7 +247,9 @@ def train(
     folder = cache_root / definition.name
     train_set = load_cache(folder, train_seeds, definition.region)
     val_set = load_cache(folder, val_seeds, definition.region)
-    sampler = SliceSampler(train_set, cfg, negative_ratio=negative_ratio, rng=rng)
+    balance = balance or definition.positive_balance
+    sampler = SliceSampler(train_set, cfg, negative_ratio=negative_ratio, rng=rng,
+                           balance=balance)
     log(f"{definition.name}: {len(train_set)} training studies "
         f"({sum(s.label for s in train_set)} positive), {len(sampler.positives)} positive "
         f"slices; {len(val_set)} validation studies ({sum(s.label for s in val_set)} positive)")
@@ -284,6 +306,7 @@ def train(
             "batch": batch,
             "learning_rate": lr,
             "negative_ratio": negative_ratio,
+            "positive_balance": balance,
             "device": device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             "host": platform.node(),
             "minutes": round((time.monotonic() - started) / 60, 1),

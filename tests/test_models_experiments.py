@@ -1,4 +1,4 @@
-"""Experiment switches of the detectors: the network's global pooling, evaluating an --out card."""
+"""Experiment switches of the detectors: global pooling, positive balance, an --out card."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from models.slicenet import DEFAULT_NETWORK, SliceNet
 from models.synthetic.generate import generate
 from models.synthetic.sampling import sample_case
 from models.synthetic.spec import Region
+from models.training import CachedStudy, SliceSampler
 
 
 def test_max_pooling_keeps_the_parameters_and_sees_a_small_spot() -> None:
@@ -65,3 +66,39 @@ def test_cli_switches_parse() -> None:
     args = parser().parse_args(["eval", "cspine_fracture", "--models-dir", "x"])
     assert args.models_dir == Path("x")
     assert parser().parse_args(["eval", "cspine_fracture"]).models_dir is None
+
+
+def _cached(case_id: str, n_slices: int, positive: range) -> CachedStudy:
+    flags = np.zeros(n_slices, dtype=bool)
+    flags[list(positive)] = True
+    return CachedStudy(case_id=case_id, hu=np.zeros((n_slices, 8, 8), dtype=np.int16),
+                       positive=flags, label=bool(flags.any()), labels={})
+
+
+def test_study_balance_gives_a_small_lesion_the_share_of_a_large_one() -> None:
+    from models import hemorrhage
+
+    studies = [_cached("large", 30, range(5, 25)), _cached("small", 30, range(10, 12)),
+               _cached("normal", 30, range(0))]
+    cfg = hemorrhage.DEFINITION.preprocessing
+
+    def share_of_small(balance: str) -> float:
+        sampler = SliceSampler(studies, cfg, negative_ratio=1.0,
+                               rng=np.random.default_rng(0), balance=balance)
+        drawn = [item for _ in range(50) for b in sampler.epoch(8) for item in b]
+        positives = [i for i, _, p in drawn if p]
+        assert len(positives) == 50 * 22  # as many positives per epoch either way
+        assert sum(not p for _, _, p in drawn) == 50 * 22  # and the same negatives
+        return positives.count(1) / len(positives)
+
+    assert share_of_small("slice") == pytest.approx(2 / 22)
+    assert share_of_small("study") == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match="balance"):
+        SliceSampler(studies, cfg, negative_ratio=1.0, rng=np.random.default_rng(0),
+                     balance="lesion")
+
+
+def test_the_balance_switch_reaches_training() -> None:
+    args = parser().parse_args(["train", "hemorrhage", "--balance", "study"])
+    assert args.balance == "study"
+    assert parser().parse_args(["train", "hemorrhage"]).balance is None
