@@ -89,7 +89,10 @@ def write_readme(card: ModelCard) -> None:
         f"- {train.get('data', 'not trained yet')}.",
         f"- {train.get('positives_train', '?')} positive training studies; {train.get('epochs')}"
         f" epochs on {train.get('device', '?')} in {train.get('minutes', '?')} minutes "
-        f"({train.get('date', '?')}).",
+        f"({train.get('date', '?')})"
+        + ("; positive slices drawn study-balanced (each positive study the same share, "
+           "whatever the extent of its finding)" if train.get("positive_balance") == "study"
+           else "") + ".",
         "- The generator varies anatomy, pose, age, sex, vendor (GE, Siemens, Toshiba, "
         "Philips), kernel, kVp, mAs, slice thickness (0.625-5 mm) and adds look-alikes "
         "(calcifications, dense venous sinuses, beam hardening, motion, metal, degenerative "

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from pydicom import dcmread
 
+import models
 from tests.conftest import Proc, wait_for, worker_argv
 from tests.dicom_factory import write_series
 from tests.synthetic_studies import write_head_study
@@ -111,7 +112,8 @@ def test_job_runs_the_detectors_in_a_real_worker(spawn: Callable[..., Proc], rig
     assert set(findings) == {"hemorrhage", "stroke"}  # what the default rules route
     bleed = findings["hemorrhage"]
     assert bleed["flagged"] and bleed["probability"] >= bleed["threshold"]
-    assert bleed["model_version"] == "0.1.0" and len(bleed["weights_sha256"]) == 64
+    bundled = models.card("hemorrhage")
+    assert bleed["model_version"] == bundled.version and len(bleed["weights_sha256"]) == 64
     uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
     assert bleed["key_sop_instance_uid"] in uids
     assert "features" not in bleed  # kept in the monitoring record, not in the result
@@ -133,7 +135,7 @@ def test_job_runs_the_detectors_in_a_real_worker(spawn: Callable[..., Proc], rig
     assert "PatientName" not in str(rec.inputs)
     cards = analyses.models_loaded(rig.db)
     assert {"hemorrhage", "stroke"} <= set(cards)
-    assert cards["hemorrhage"].version == "0.1.0"
+    assert cards["hemorrhage"].version == bundled.version
     assert 0.5 < (cards["hemorrhage"].validation_ppv or 0) <= 1.0
     # a duplicate delivery is a no-op
     rig.publish(JobMessage(job_id, QueueName.ROUTINE))

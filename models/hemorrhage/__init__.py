@@ -32,6 +32,9 @@ DEFINITION = Definition(
         max_slice_thickness_mm=5.0, min_coverage_mm=80.0, contrast="absent",
     ),
     target_specificity=0.95,
+    # small bleeds lie on one or two slices: each positive study gets the same share of
+    # positive slices in training (0.2.0; validation AUC 0.981 -> 0.996)
+    positive_balance="study",
 )
 
 
