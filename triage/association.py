@@ -1,14 +1,26 @@
-"""Tuning of the pynetdicom associations of the sender (``triage send`` and the outputs).
+"""The pynetdicom associations of the sender (``triage send``), the outputs and the UPS SCP.
 
-pynetdicom sets no ``TCP_NODELAY``: a DIMSE message written as several small PDUs then
-waits for the peer's delayed ACK (~40 ms per message on Linux).  Its network loop also sleeps
-1 ms between polls when idle, which adds up to a millisecond to every message.
+Two things pynetdicom does not do for us:
+
+- It sets no ``TCP_NODELAY``: a DIMSE message written as several small PDUs then waits for
+  the peer's delayed ACK (~40 ms per message on Linux).  Its network loop also sleeps 1 ms
+  between polls when idle, which adds up to a millisecond to every message.
+- pynetdicom 3.0.4 shuts a socket down and closes it in one ``try``: when the shutdown fails,
+  as it does once the peer has reset the connection (``ENOTCONN``), the close is skipped and
+  the socket stays open until the garbage collector happens to find it.  A PACS that aborts
+  or restarts would leak a descriptor per association until then.
+
+:func:`connection_handlers` gives the event handlers that fix both for one AE or server.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
 
 #: pynetdicom's own idle poll of the association's network loop, in seconds.
 DEFAULT_POLL_INTERVAL_S = 0.001
@@ -19,8 +31,46 @@ def tune(assoc: Any, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> None:
     dul = getattr(assoc, "dul", None)
     if dul is None:
         return
-    raw = getattr(getattr(dul, "socket", None), "socket", None)
-    if isinstance(raw, socket.socket) and raw.family in (socket.AF_INET, socket.AF_INET6):
+    raw = _raw_socket(assoc)
+    if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if hasattr(dul, "_run_loop_delay"):
         dul._run_loop_delay = poll_interval_s
+
+
+def _raw_socket(assoc: Any) -> socket.socket | None:
+    raw = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    return raw if isinstance(raw, socket.socket) else None
+
+
+class _SocketCloser:
+    """Remembers each association's socket when it opens; closes it when it is closed."""
+
+    def __init__(self, poll_interval_s: float) -> None:
+        self.poll_interval_s = poll_interval_s
+        self._lock = threading.Lock()
+        self._open: dict[int, socket.socket] = {}  # id(association) → its socket
+
+    def opened(self, event: evt.Event) -> None:
+        tune(event.assoc, self.poll_interval_s)
+        raw = _raw_socket(event.assoc)
+        if raw is not None:
+            with self._lock:
+                self._open[id(event.assoc)] = raw
+
+    def closed(self, event: evt.Event) -> None:
+        with self._lock:
+            raw = self._open.pop(id(event.assoc), None)
+        if raw is not None:
+            raw.close()  # a no-op when pynetdicom managed to close it itself
+
+
+def connection_handlers(poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+                        ) -> list[EventHandlerType]:
+    """``evt_handlers`` for ``AE.associate`` or ``AE.start_server``: TCP_NODELAY and the
+    idle poll when a connection opens, a sure close of its socket when it ends.
+
+    Make one list per AE (client) or server: it keeps the sockets of its open associations.
+    """
+    closer = _SocketCloser(poll_interval_s)
+    return [(evt.EVT_CONN_OPEN, closer.opened), (evt.EVT_CONN_CLOSE, closer.closed)]

@@ -13,10 +13,10 @@ from typing import Any
 
 from pydicom.filereader import read_file_meta_info
 from pydicom.misc import is_dicom
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from triage.association import tune
+from triage.association import connection_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +25,9 @@ _RETRYABLE = {0xA700, 0xA701, 0xA702}  # out of resources: the receiver asks us 
 _POLL_INTERVAL_S = 0.0002
 
 
-def _handle_conn_open(event: evt.Event) -> None:
-    tune(event.assoc, _POLL_INTERVAL_S)
-
-
 def _associate(ae: AE, host: str, port: int, called_ae: str) -> Any:
     assoc = ae.associate(host, port, ae_title=called_ae,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _handle_conn_open)])
+                         evt_handlers=connection_handlers(_POLL_INTERVAL_S))
     if not assoc.is_established:
         raise ConnectionError(f"association with {called_ae}@{host}:{port} was not accepted")
     return assoc

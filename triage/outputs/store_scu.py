@@ -19,9 +19,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE
 
-from triage.association import tune
+from triage.association import connection_handlers
 from triage.errors import TriageError
 
 __all__ = ["DicomDestination", "PacsStoreError", "StoredInstance", "send_to_pacs"]
@@ -98,10 +98,6 @@ class StoredInstance:
     status: int
 
 
-def _on_conn_open(event: evt.Event) -> None:
-    tune(event.assoc)
-
-
 def send_to_pacs(datasets: Sequence[Dataset],
                  destination: DicomDestination) -> tuple[StoredInstance, ...]:
     """C-STORE ``datasets`` over one association; all stored, or :class:`PacsStoreError`.
@@ -133,7 +129,7 @@ def send_to_pacs(datasets: Sequence[Dataset],
     for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.called_ae,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open)])
+                         evt_handlers=connection_handlers())
     if not assoc.is_established:
         raise _association_error(assoc, destination)
     stored: list[StoredInstance] = []

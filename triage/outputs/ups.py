@@ -69,7 +69,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from triage.association import tune
+from triage.association import connection_handlers
 from triage.db import Database
 from triage.outputs import ups_dataset as content
 from triage.outputs.ups_service import STATUS_SUCCESS, UpsService
@@ -132,11 +132,6 @@ def _refusal(exc: Exception, what: str, uid: str) -> int:
 
 
 _HANDLED = (UpsError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
-
-
-def handle_conn_open(event: evt.Event) -> None:
-    """TCP_NODELAY on each connection."""
-    tune(event.assoc)
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -255,7 +250,7 @@ class UpsServer:
 
     def handlers(self) -> list[Any]:
         return [
-            (evt.EVT_CONN_OPEN, handle_conn_open),
+            *connection_handlers(),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_N_CREATE, handle_n_create),
             (evt.EVT_N_GET, handle_n_get, [self.service]),
@@ -373,7 +368,7 @@ class _Destination:
         error = ""
         try:
             assoc = ae.associate(host, port, ae_title=self.ae_title,
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, handle_conn_open)])
+                                 evt_handlers=connection_handlers())
             if not assoc.is_established:
                 logger.warning("UPS events for %s: association with %s:%d failed",
                                self.ae_title, host, port)
