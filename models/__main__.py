@@ -76,8 +76,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     names = models.DETECTORS if args.name == "all" else (args.name,)
     defs = [definition(n) for n in names]
-    if args.pool is not None:  # an experiment: recorded in the card's "network" section
-        defs = [dataclasses.replace(d, network={**d.network, "pool": args.pool}) for d in defs]
+    changes: dict[str, Any] = {}  # an experiment: recorded in the card's "network" section
+    if args.pool is not None:
+        changes["pool"] = args.pool
+    if args.conv1_stride is not None:
+        changes["conv1_t_stride"] = args.conv1_stride
+    if changes:
+        defs = [dataclasses.replace(d, network={**d.network, **changes}) for d in defs]
     train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
     val_seeds = list(range(training.VALIDATION_SEEDS, training.VALIDATION_SEEDS + args.val_cases))
     for region in {d.region for d in defs}:
@@ -104,21 +109,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     d = definition(args.name)
     card = models.card(args.name, root=args.models_dir)
     started = time.monotonic()
+    results, skipped, timings = _score(args, d.finding, "evaluating")
     if args.data:
-        if not args.labels:
-            raise SystemExit("--data needs --labels (CSV: study_instance_uid,finding,...)")
-        detector = models.load(args.name, device=args.device, root=args.models_dir)
-        labels = assess.read_site_labels(args.labels)
-        results, skipped = assess.evaluate_folder(detector, args.data, labels, d.finding)
-        timings: list[float] = []
         source = f"site data {args.data}"
     else:
-        seeds = list(range(args.seed_base, args.seed_base + args.cases))
-        results, skipped, timings = assess.evaluate_synthetic(
-            args.name, seeds, workers=args.workers, device=args.device, root=args.models_dir,
-            progress=progress_printer(f"evaluating {args.name}"))
-        source = (f"held-out synthetic phantoms, seeds {seeds[0]}-{seeds[-1]} (training "
-                  f"used {training.TRAIN_SEEDS}+, validation {training.VALIDATION_SEEDS}+)")
+        source = (f"held-out synthetic phantoms, seeds {args.seed_base}-"
+                  f"{args.seed_base + args.cases - 1} (training used {training.TRAIN_SEEDS}+, "
+                  f"validation {training.VALIDATION_SEEDS}+)")
     rep = assess.write_report(args.name, results, skipped, threshold=card.threshold,
                               strata=d.strata, out=args.out, source=source)
     if timings:
@@ -141,6 +138,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.update_card and not args.data:
         cards.record_performance(card, rep)
         print(f"updated {card.folder / 'metadata.json'} and README.md")
+    return 0
+
+
+def _score(args: argparse.Namespace, finding: str, verb: str
+           ) -> tuple[list[Any], list[str], list[float]]:
+    """Score a site's labelled folder (``--data/--labels``) or synthetic seeds with the card
+    in ``--models-dir`` (or the bundled one): results, not-analysed reasons, timings."""
+    from models import assess  # noqa: PLC0415
+
+    if args.data:
+        if not args.labels:
+            raise SystemExit("--data needs --labels (CSV: study_instance_uid,finding,...)")
+        detector = models.load(args.name, device=args.device, root=args.models_dir)
+        labels = assess.read_site_labels(args.labels)
+        results, skipped = assess.evaluate_folder(detector, args.data, labels, finding)
+        return results, skipped, []
+    seeds = list(range(args.seed_base, args.seed_base + args.cases))
+    return assess.evaluate_synthetic(
+        args.name, seeds, workers=args.workers, device=args.device, root=args.models_dir,
+        progress=progress_printer(f"{verb} {args.name}"))
+
+
+def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
+    import numpy as np  # noqa: PLC0415
+
+    from models import cards, evaluation, training  # noqa: PLC0415
+
+    d = definition(args.name)
+    card = models.card(args.name, root=args.models_dir)
+    target = d.target_specificity if args.specificity is None else args.specificity
+    if not 0.5 <= target < 1.0:
+        raise SystemExit(f"--specificity must be in [0.5, 1), not {target}")
+    if args.data:
+        source = f"site data {args.data}"
+    else:
+        first, last = args.seed_base, args.seed_base + args.cases - 1
+        if first < training.VALIDATION_SEEDS or last >= training.TEST_SEEDS:
+            raise SystemExit(
+                f"synthetic seeds {first}-{last} are not all validation seeds "
+                f"({training.VALIDATION_SEEDS}-{training.TEST_SEEDS - 1}): a threshold chosen "
+                "on training or held-out studies would make the held-out figures optimistic")
+        source = f"synthetic validation phantoms, seeds {first}-{last}"
+    results, skipped, _ = _score(args, d.finding, "scoring")
+    labels = np.array([r.positive for r in results], dtype=bool)
+    scores = np.array([r.probability for r in results], dtype=float)
+    try:
+        threshold, metrics = evaluation.operating_point(labels, scores, target)
+    except ValueError as exc:
+        raise SystemExit(f"{args.name}: {exc}") from None
+    now_sens = float((scores[labels] >= card.threshold).mean())
+    now_spec = float((scores[~labels] < card.threshold).mean())
+    print(f"{args.name}: {metrics['studies']} studies ({metrics['positives']} positive, "
+          f"{len(skipped)} not analysed), AUC {metrics['auc']['value']}")
+    print(f"  now   threshold {card.threshold:.6f}: sensitivity {now_sens:.4f}, "
+          f"specificity {now_spec:.4f}")
+    print(f"  chose threshold {threshold:.6f}: sensitivity {metrics['sensitivity']['value']} "
+          f"{metrics['sensitivity']['ci95']}, specificity {metrics['specificity']['value']} "
+          f"{metrics['specificity']['ci95']} (target {target:g})")
+    if args.dry_run:
+        print("dry run: the card is unchanged")
+        return 0
+    rule = f"specificity >= {target:g} on {metrics['studies']} validation studies"
+    version = cards.record_operating_point(card, threshold, metrics, rule=rule, source=source)
+    print(f"wrote {card.folder / 'metadata.json'} (version {version}) and README.md; the "
+          f"held-out figures were measured at the old threshold: rerun `triage models eval "
+          f"{args.name} --update-card`")
     return 0
 
 
@@ -257,6 +320,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--pool", choices=["avg", "max"],
                    help="global pooling of the last feature map (default: the definition's, "
                         "average); recorded in the card (experiments)")
+    t.add_argument("--conv1-stride", type=int, choices=[1, 2],
+                   help="stride of the first convolution (default: the definition's, 2); 1 "
+                        "keeps twice the resolution in every later layer for about four times "
+                        "the compute (experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cache", type=Path, default=Path("var/model-cache"))
@@ -277,6 +344,25 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--update-card", action="store_true",
                    help="write the results into metadata.json and README.md")
     e.set_defaults(fn=cmd_eval)
+
+    h = sub.add_parser("calibrate-threshold",
+                       help="choose a detector's threshold at a target specificity on "
+                            "validation studies (synthetic seeds or a site's labelled folder)")
+    h.add_argument("name")
+    h.add_argument("--specificity", type=float,
+                   help="target specificity (default: the detector's, e.g. 0.95)")
+    h.add_argument("--cases", type=int, default=1000, help="synthetic validation studies")
+    h.add_argument("--seed-base", type=int, default=500_000,
+                   help="first synthetic validation seed (500000-899999)")
+    h.add_argument("--data", type=Path, help="folder of a site's DICOM validation studies")
+    h.add_argument("--labels", type=Path, help="CSV: study_instance_uid,finding[,...]")
+    h.add_argument("--workers", type=int, default=2)
+    h.add_argument("--device", default="cpu")
+    h.add_argument("--models-dir", type=Path,
+                   help="recalibrate the card in MODELS_DIR/<name> instead of the bundled one")
+    h.add_argument("--dry-run", action="store_true",
+                   help="print the threshold it would choose; change nothing")
+    h.set_defaults(fn=cmd_calibrate_threshold)
 
     o = sub.add_parser("calibrate-ood",
                        help="fit and calibrate the out-of-distribution gate of a detector")

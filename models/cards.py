@@ -46,6 +46,58 @@ def record_performance(card: ModelCard, report: dict[str, Any]) -> None:
     write_readme(ModelCard.read(card.folder))
 
 
+def _operating_point_line(op: dict[str, Any]) -> str:
+    """Where the threshold was chosen and what it gave there (training or calibration)."""
+    def fmt(metric: Any) -> str:
+        return _fmt(metric) if isinstance(metric, dict) else f"{float(metric):.3f}"
+
+    where = op.get("source") or "the validation studies of training"
+    positives = f", {op['positives']} positive" if "positives" in op else ""
+    when = f", {op['date']}" if "date" in op else ""
+    return (f"- Operating point chosen on {op.get('studies', '?')} studies{positives} "
+            f"({where}{when}): there sensitivity {fmt(op['sensitivity'])}, specificity "
+            f"{fmt(op['specificity'])}, AUC {fmt(op['auc'])}.")
+
+
+def next_patch_version(version: str) -> str:
+    """``0.2.0`` → ``0.2.1``; a version that is not three numbers gets ``.1`` appended."""
+    parts = version.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return f"{parts[0]}.{parts[1]}.{int(parts[2]) + 1}"
+    return f"{version}.1"
+
+
+def record_operating_point(card: ModelCard, threshold: float, metrics: dict[str, Any], *,
+                           rule: str, source: str) -> str:
+    """Store a re-chosen threshold in metadata.json and README.md; returns the new version.
+
+    The weights are unchanged but the flags are not, so the version moves on a patch step
+    (results in the worklist carry it) and the changelog says why.  A held-out evaluation
+    made at the old threshold is kept and marked stale until the next ``eval --update-card``.
+    """
+    data = dict(card.raw)
+    old = float(data["threshold"])
+    version = next_patch_version(str(data.get("version", "0.0.0")))
+    data["version"] = version
+    data["changelog"] = {
+        **data.get("changelog", {}),
+        version: (f"threshold {old:.4f} -> {threshold:.4f}: {rule} ({source}); "
+                  "weights unchanged"),
+    }
+    data["threshold"] = threshold
+    data["operating_point"] = {
+        "rule": rule,
+        "source": source,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        **metrics,
+    }
+    if "performance" in data and float(data["performance"]["threshold"]) != threshold:
+        data["performance"] = {**data["performance"], "stale": True}
+    (card.folder / "metadata.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_readme(ModelCard.read(card.folder))
+    return version
+
+
 def write_readme(card: ModelCard) -> None:
     data = card.raw
     perf = data.get("performance")
@@ -72,6 +124,7 @@ def write_readme(card: ModelCard) -> None:
         f"- Output: study probability (threshold {card.threshold:.4f}, "
         f"{data['operating_point']['rule']}), the slice range above threshold, the key slice "
         "and a feature vector for out-of-distribution and drift monitoring.",
+        _operating_point_line(data["operating_point"]),
         f"- Weights: `{data['weights']['file']}`, sha256 `{data['weights']['sha256']}` "
         "(checked at every load).",
         "",
@@ -106,6 +159,10 @@ def write_readme(card: ModelCard) -> None:
                      f"{card.name} --update-card`.")
     else:
         overall = perf["overall"]
+        if perf.get("stale"):
+            lines += ["**Stale:** measured with earlier weights or another threshold than "
+                      "the card's; rerun `triage models eval "
+                      f"{card.name} --update-card`.", ""]
         lines += [
             f"Held-out evaluation ({perf['source']}; {perf['date']}), threshold "
             f"{perf['threshold']:.4f}. 95 % confidence intervals: bootstrap for AUC, Wilson "
@@ -178,6 +235,8 @@ def write_readme(card: ModelCard) -> None:
         f"triage models train {card.name}            # regenerates data, trains, writes weights",
         f"triage models eval {card.name} --update-card   # held-out synthetic seeds",
         f"triage models eval {card.name} --data SITE_DICOM/ --labels labels.csv",
+        f"triage models calibrate-threshold {card.name} --data SITE_DICOM/ --labels labels.csv"
+        "   # re-chooses the threshold",
         f"triage models calibrate-ood {card.name}    # refits the out-of-distribution gate",
         "```",
         "",

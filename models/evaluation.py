@@ -88,6 +88,38 @@ def threshold_for_specificity(labels: np.ndarray, scores: np.ndarray, target: fl
     return float(np.nextafter(negatives[index], np.inf))
 
 
+def operating_point(labels: np.ndarray, scores: np.ndarray,
+                    target_specificity: float) -> tuple[float, dict[str, Any]]:
+    """The threshold for ``target_specificity`` on these studies and what it gives on them.
+
+    The threshold is rounded *up* to six decimals (as stored in metadata.json), so that no
+    negative the rule excluded is flagged again by the rounding.  Sensitivity and
+    specificity carry Wilson intervals, the AUC a bootstrap one.
+
+    Raises
+    ------
+    ValueError
+        ``labels`` lacks positives or negatives: no operating point can be chosen.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=float)
+    if not labels.any() or labels.all():
+        raise ValueError(f"an operating point needs positive and negative studies; got "
+                         f"{int(labels.sum())} positive of {labels.size}")
+    threshold = math.ceil(threshold_for_specificity(labels, scores, target_specificity)
+                          * 1e6) / 1e6
+    flagged = scores >= threshold
+    auc, lo, hi = auc_ci(labels, scores)
+    return threshold, {
+        "auc": _round3(auc, lo, hi),
+        "sensitivity": _round3(*wilson(int((flagged & labels).sum()), int(labels.sum()))),
+        "specificity": _round3(*wilson(int((~flagged & ~labels).sum()),
+                                       int((~labels).sum()))),
+        "studies": int(labels.size),
+        "positives": int(labels.sum()),
+    }
+
+
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False-positive and true-positive rates at every distinct threshold."""
     labels = np.asarray(labels, dtype=bool)

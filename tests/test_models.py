@@ -172,3 +172,43 @@ def test_eval_on_a_labelled_site_folder(tmp_path: Path) -> None:
     assert report["overall"]["positives"] >= 2
     assert (out / "hemorrhage-roc.png").stat().st_size > 1000
     assert "site data" in report["source"]
+
+
+def test_calibrate_threshold_sets_the_operating_point_on_validation_seeds(
+        tmp_path: Path) -> None:
+    """A site (or the project) re-chooses the threshold without retraining."""
+    from models.assess import evaluate_synthetic
+    from models.evaluation import threshold_for_specificity
+
+    shutil.copytree(models.MODELS_DIR / "hemorrhage", tmp_path / "hemorrhage",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    before = models.card("hemorrhage", root=tmp_path)
+    run = [sys.executable, "-m", "models", "calibrate-threshold", "hemorrhage",
+           "--models-dir", str(tmp_path)]
+    refused = subprocess.run([*run, "--seed-base", "900000", "--cases", "4"],
+                             capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert refused.returncode != 0 and "not all validation seeds" in refused.stderr
+    res = subprocess.run([*run, "--cases", "12", "--specificity", "0.8"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    after = models.card("hemorrhage", root=tmp_path)
+    assert after.version == "0.2.1" and before.version == "0.2.0"
+    assert after.weights_sha256 == before.weights_sha256
+    op = after.raw["operating_point"]
+    assert op["studies"] == 12 and "500000-500011" in op["source"]
+    assert op["rule"] == "specificity >= 0.8 on 12 validation studies"
+    assert "0.2.1" in after.raw["changelog"] and after.raw["performance"]["stale"] is True
+    readme = (tmp_path / "hemorrhage" / "README.md").read_text()
+    assert "Stale" in readme and "Operating point chosen on 12 studies" in readme
+    # Scored again independently: the stored threshold is the lowest with specificity >= 0.8.
+    results, skipped, _ = evaluate_synthetic("hemorrhage", range(500_000, 500_012), workers=1,
+                                             root=tmp_path)
+    assert not skipped
+    labels = np.array([r.positive for r in results])
+    scores = np.array([r.probability for r in results])
+    assert 0 < labels.sum() < len(labels)
+    assert after.threshold == pytest.approx(threshold_for_specificity(labels, scores, 0.8),
+                                            abs=1.5e-6)
+    assert (scores[~labels] < after.threshold).mean() >= 0.8
+    assert op["specificity"]["value"] == pytest.approx((scores[~labels] < after.threshold).mean(),
+                                                       abs=1e-4)

@@ -63,6 +63,9 @@ def test_cli_switches_parse() -> None:
     args = parser().parse_args(["train", "cspine_fracture", "--pool", "max", "--out", "x"])
     assert args.pool == "max"
     assert parser().parse_args(["train", "cspine_fracture"]).pool is None
+    assert parser().parse_args(["train", "cspine_fracture", "--conv1-stride", "1"]
+                               ).conv1_stride == 1
+    assert parser().parse_args(["train", "cspine_fracture"]).conv1_stride is None
     args = parser().parse_args(["eval", "cspine_fracture", "--models-dir", "x"])
     assert args.models_dir == Path("x")
     assert parser().parse_args(["eval", "cspine_fracture"]).models_dir is None
