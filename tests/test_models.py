@@ -178,6 +178,7 @@ def test_calibrate_threshold_sets_the_operating_point_on_validation_seeds(
         tmp_path: Path) -> None:
     """A site (or the project) re-chooses the threshold without retraining."""
     from models.assess import evaluate_synthetic
+    from models.cards import next_patch_version
     from models.evaluation import threshold_for_specificity
 
     shutil.copytree(models.MODELS_DIR / "hemorrhage", tmp_path / "hemorrhage",
@@ -192,12 +193,12 @@ def test_calibrate_threshold_sets_the_operating_point_on_validation_seeds(
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr
     after = models.card("hemorrhage", root=tmp_path)
-    assert after.version == "0.2.1" and before.version == "0.2.0"
+    assert after.version == next_patch_version(before.version) != before.version
     assert after.weights_sha256 == before.weights_sha256
     op = after.raw["operating_point"]
     assert op["studies"] == 12 and "500000-500011" in op["source"]
     assert op["rule"] == "specificity >= 0.8 on 12 validation studies"
-    assert "0.2.1" in after.raw["changelog"] and after.raw["performance"]["stale"] is True
+    assert after.version in after.raw["changelog"] and after.raw["performance"]["stale"] is True
     readme = (tmp_path / "hemorrhage" / "README.md").read_text()
     assert "Stale" in readme and "Operating point chosen on 12 studies" in readme
     # Scored again independently: the stored threshold is the lowest with specificity >= 0.8.
@@ -212,3 +213,11 @@ def test_calibrate_threshold_sets_the_operating_point_on_validation_seeds(
     assert (scores[~labels] < after.threshold).mean() >= 0.8
     assert op["specificity"]["value"] == pytest.approx((scores[~labels] < after.threshold).mean(),
                                                        abs=1e-4)
+
+
+def test_patch_versions() -> None:
+    from models.cards import next_patch_version
+
+    assert next_patch_version("0.2.0") == "0.2.1"
+    assert next_patch_version("1.9.9") == "1.9.10"
+    assert next_patch_version("site-a") == "site-a.1"
