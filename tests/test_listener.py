@@ -219,9 +219,8 @@ def test_full_disk_answers_out_of_resources_and_indexes_nothing_partial(
 ) -> None:
     running = start_listener(sqlite_db, spool_dir=tiny_tmpfs / "spool")
     paths = write_series(tmp_path / "src", 12, rows=256, columns=256)
-    # dcmtk as the sender: pynetdicom 3.0.4's SCU can lose a response that comes back very
-    # fast (its reactor thread, not yet paused again after the previous request, takes it and
-    # the request then waits out the DIMSE timeout); refusals of a full disk come back fast.
+    # dcmtk as the sender: a bare pynetdicom 3.0.4 SCU can lose a response that comes back
+    # very fast (see triage.association.hand_back_responses); refusals of a full disk do.
     sent = subprocess.run(["storescu", "-v", "--no-halt", "-aec", "TRIAGE", running.host,
                            str(running.port),
                            *map(str, paths)], env=DCMTK_ENV, capture_output=True, text=True,

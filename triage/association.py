@@ -9,6 +9,13 @@ Two things pynetdicom does not do for us:
   as it does once the peer has reset the connection (``ENOTCONN``), the close is skipped and
   the socket stays open until the garbage collector happens to find it.  A PACS that aborts
   or restarts would leak a descriptor per association until then.
+- Its requestor can lose a response.  ``send_c_store`` and the other ``send_*`` methods pause
+  the association's reactor thread, but the check that it is paused can read a flag the
+  reactor has not yet reset after the previous request; when the next response comes back
+  fast, the reactor takes it off the queue as an "unexpected" message and the request waits
+  out the DIMSE timeout, then aborts (seen under CPU load: "Received unexpected C-STORE
+  service message", then 30 s).  The handlers give such a response back to the queue the
+  request is waiting on.
 
 :func:`connection_handlers` gives the event handlers that fix both for one AE or server.
 """
@@ -43,6 +50,29 @@ def _raw_socket(assoc: Any) -> socket.socket | None:
     return raw if isinstance(raw, socket.socket) else None
 
 
+def hand_back_responses(assoc: Any) -> None:
+    """Let a response the reactor took while a request waits reach that request.
+
+    pynetdicom clears ``_reactor_checkpoint`` for as long as a ``send_*`` method sends and
+    waits, and its reactor passes what it takes off the queue to ``_serve_request``.  A
+    response (not a request) arriving there while the checkpoint is clear belongs to the
+    waiting ``send_*``: it goes back on the queue.  Anything else is pynetdicom's to handle.
+    """
+    serve = getattr(assoc, "_serve_request", None)
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    if serve is None or checkpoint is None or queue is None:
+        return  # another pynetdicom: leave it alone
+
+    def serve_or_hand_back(msg: Any, context_id: int) -> None:
+        if not getattr(msg, "is_valid_request", True) and not checkpoint.is_set():
+            queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_hand_back
+
+
 class _SocketCloser:
     """Remembers each association's socket when it opens; closes it when it is closed."""
 
@@ -53,6 +83,8 @@ class _SocketCloser:
 
     def opened(self, event: evt.Event) -> None:
         tune(event.assoc, self.poll_interval_s)
+        if getattr(event.assoc, "is_requestor", False):
+            hand_back_responses(event.assoc)
         raw = _raw_socket(event.assoc)
         if raw is not None:
             with self._lock:
