@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -196,6 +197,13 @@ def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
     print(f"  chose threshold {threshold:.6f}: sensitivity {metrics['sensitivity']['value']} "
           f"{metrics['sensitivity']['ci95']}, specificity {metrics['specificity']['value']} "
           f"{metrics['specificity']['ci95']} (target {target:g})")
+    negatives = int((~labels).sum())
+    allowed = int((1 - target) * negatives + 1e-9)
+    if allowed < 10:
+        print(f"  note: {negatives} negative studies, of which {allowed} may score above the "
+              f"threshold: it rests on that many studies, and the specificity on new studies "
+              f"may differ by several points (95 % CI above); for specificity {target:g} use "
+              f"at least {math.ceil(10 / (1 - target) - 1e-9)} negatives")
     if args.dry_run:
         print("dry run: the card is unchanged")
         return 0

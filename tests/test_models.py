@@ -192,6 +192,7 @@ def test_calibrate_threshold_sets_the_operating_point_on_validation_seeds(
     res = subprocess.run([*run, "--cases", "12", "--specificity", "0.8"],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr
+    assert "note: " in res.stdout and "use at least 50 negatives" in res.stdout  # 12 studies
     after = models.card("hemorrhage", root=tmp_path)
     assert after.version == next_patch_version(before.version) != before.version
     assert after.weights_sha256 == before.weights_sha256
