@@ -1,6 +1,6 @@
 """The pynetdicom associations of the sender (``triage send``), the outputs and the UPS SCP.
 
-Two things pynetdicom does not do for us:
+Three things pynetdicom does not do for us:
 
 - It sets no ``TCP_NODELAY``: a DIMSE message written as several small PDUs then waits for
   the peer's delayed ACK (~40 ms per message on Linux).  Its network loop also sleeps 1 ms
@@ -17,7 +17,8 @@ Two things pynetdicom does not do for us:
   service message", then 30 s).  The handlers give such a response back to the queue the
   request is waiting on.
 
-:func:`connection_handlers` gives the event handlers that fix both for one AE or server.
+:func:`connection_handlers` gives the event handlers that see to all three for one AE or
+server.
 """
 
 from __future__ import annotations
@@ -73,8 +74,9 @@ def hand_back_responses(assoc: Any) -> None:
     assoc._serve_request = serve_or_hand_back
 
 
-class _SocketCloser:
-    """Remembers each association's socket when it opens; closes it when it is closed."""
+class _Connections:
+    """Tunes each association when its connection opens (and, as requestor, lets it keep its
+    responses); remembers its socket then and closes it when the connection is closed."""
 
     def __init__(self, poll_interval_s: float) -> None:
         self.poll_interval_s = poll_interval_s
@@ -99,10 +101,12 @@ class _SocketCloser:
 
 def connection_handlers(poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
                         ) -> list[EventHandlerType]:
-    """``evt_handlers`` for ``AE.associate`` or ``AE.start_server``: TCP_NODELAY and the
-    idle poll when a connection opens, a sure close of its socket when it ends.
+    """``evt_handlers`` for ``AE.associate`` or ``AE.start_server``: TCP_NODELAY, the idle
+    poll and (requestor) :func:`hand_back_responses` when a connection opens, a sure close
+    of its socket when it ends.
 
     Make one list per AE (client) or server: it keeps the sockets of its open associations.
     """
-    closer = _SocketCloser(poll_interval_s)
-    return [(evt.EVT_CONN_OPEN, closer.opened), (evt.EVT_CONN_CLOSE, closer.closed)]
+    connections = _Connections(poll_interval_s)
+    return [(evt.EVT_CONN_OPEN, connections.opened),
+            (evt.EVT_CONN_CLOSE, connections.closed)]
