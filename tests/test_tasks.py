@@ -122,8 +122,8 @@ def test_job_runs_the_detectors_in_a_real_worker(spawn: Callable[..., Proc], rig
     assert view.result["volume"]["slices"] == len(paths)
     assert "monitoring" not in view.result
     # the monitoring record: one row per detector, scores, OOD score, inputs, features
-    records = {r.detector: r for name in ("hemorrhage", "stroke")
-               for r in analyses.recent(rig.db, name, limit=5, with_features=True)}
+    records = {r.detector: r for r in monitoring_records(rig, ("hemorrhage", "stroke"),
+                                                         with_features=True)}
     assert set(records) == {"hemorrhage", "stroke"}
     rec = records["hemorrhage"]
     assert rec.job_id == job_id and rec.outcome is analyses.Outcome.ANALYSED
@@ -144,6 +144,18 @@ def test_job_runs_the_detectors_in_a_real_worker(spawn: Callable[..., Proc], rig
     assert len(analyses.recent(rig.db, "hemorrhage", limit=5)) == 1
 
 
+def monitoring_records(rig: Rig, detectors: tuple[str, ...], **options: Any
+                       ) -> list[analyses.AnalysisRecord]:
+    """The monitoring rows of ``detectors``, once each has one: the worker writes them just
+    after it marks the job done (a failure there costs monitoring data, not the result)."""
+    def rows() -> list[analyses.AnalysisRecord]:
+        found = [r for name in detectors
+                 for r in analyses.recent(rig.db, name, limit=5, **options)]
+        return found if {r.detector for r in found} == set(detectors) else []
+
+    return list(wait_for(rows, 30, what=f"monitoring rows of {', '.join(detectors)}"))
+
+
 def test_out_of_distribution_study_says_ai_not_applicable(spawn: Callable[..., Proc],
                                                           rig: Rig) -> None:
     """A scanner whose HU calibration is off by +150 HU: no silent negative."""
@@ -162,8 +174,7 @@ def test_out_of_distribution_study_says_ai_not_applicable(spawn: Callable[..., P
     (study,) = list_studies(rig.db)
     assert study.state is WorkState.NOT_ANALYSED
     assert "out of distribution" in (study.series[0].reason or "")
-    (rec,) = analyses.recent(rig.db, "hemorrhage", limit=5,
-                             outcomes=list(analyses.Outcome))
+    (rec,) = monitoring_records(rig, ("hemorrhage",), outcomes=list(analyses.Outcome))
     assert rec.outcome is analyses.Outcome.OOD and (rec.ood_score or 0) > 1.0
     assert rec.inputs["hu_median"] > 100  # the shift is visible in the inputs too
 
