@@ -69,6 +69,12 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     def rows() -> list[Any]:
         return list(driver.find_elements(By.CSS_SELECTOR, "#rows tr"))
 
+    def top_row() -> dict[str, str] | None:
+        found: dict[str, str] | None = driver.execute_script(
+            "const r = document.querySelector('#rows tr');"
+            "return r && {study: r.dataset.study, state: r.dataset.state, text: r.innerText};")
+        return found
+
     wait_for(lambda: len(rows()) == 2, 20, what="two rows")
     assert "not for diagnosis" in driver.find_element(By.ID, "notice").text
 
@@ -79,11 +85,12 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     assert isinstance(claim, Claim)
     ledger.complete(claim, _result(0.97, True))
     bleed_uid = str(dcmread(next((tmp_path / "bleed").glob("*.dcm"))).StudyInstanceUID)
-    wait_for(lambda: rows() and rows()[0].get_attribute("data-study") == bleed_uid, 20,
-             what="flagged study on top")
+    # read in one script: the page may re-render the rows between two WebDriver calls
+    seen = wait_for(lambda: (t := top_row()) and t["study"] == bleed_uid and t, 20,
+                    what="flagged study on top")
+    assert seen["state"] == "FLAGGED"
+    assert "HIGH" in seen["text"] and "intracranial hemorrhage 97%" in seen["text"]
     top = rows()[0]
-    assert top.get_attribute("data-state") == "FLAGGED"
-    assert "HIGH" in top.text and "intracranial hemorrhage 97%" in top.text
 
     # feedback: comment + "disagree", stored through the API
     top.find_element(By.CSS_SELECTOR, ".fb input").send_keys("calcification, not blood")
