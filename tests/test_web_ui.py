@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -90,11 +91,19 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
                     what="flagged study on top")
     assert seen["state"] == "FLAGGED"
     assert "HIGH" in seen["text"] and "intracranial hemorrhage 97%" in seen["text"]
-    top = rows()[0]
 
-    # feedback: comment + "disagree", stored through the API
-    top.find_element(By.CSS_SELECTOR, ".fb input").send_keys("calcification, not blood")
-    top.find_element(By.CSS_SELECTOR, "button[data-verdict=disagree]").click()
+    # feedback: comment + "disagree", stored through the API.  The page rebuilds the rows
+    # every 2 s unless an input has the focus: find the input afresh until typing sticks.
+    def type_comment() -> bool:
+        try:
+            rows()[0].find_element(By.CSS_SELECTOR, ".fb input").send_keys(
+                "calcification, not blood")
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait_for(type_comment, 10, what="comment typed")
+    driver.find_element(By.CSS_SELECTOR, "#rows tr button[data-verdict=disagree]").click()
     wait_for(lambda: "feedback recorded" in driver.find_element(By.ID, "status").text,
              10, what="feedback acknowledged")
     driver.get(f"http://127.0.0.1:{port}/api/studies/{bleed_uid}")
