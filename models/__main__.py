@@ -198,7 +198,7 @@ def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
           f"{metrics['sensitivity']['ci95']}, specificity {metrics['specificity']['value']} "
           f"{metrics['specificity']['ci95']} (target {target:g})")
     negatives = int((~labels).sum())
-    allowed = int((1 - target) * negatives + 1e-9)
+    allowed = evaluation.allowed_false_positives(negatives, target)
     if allowed < 10:
         print(f"  note: {negatives} negative studies, of which {allowed} may score above the "
               f"threshold: it rests on that many studies, and the specificity on new studies "

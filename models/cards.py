@@ -42,6 +42,11 @@ def record_performance(card: ModelCard, report: dict[str, Any]) -> None:
         "not_analysed": report["not_analysed"]["count"],
         "inference_seconds_per_study": report.get("inference_seconds_per_study"),
     }
+    _save(card, data)
+
+
+def _save(card: ModelCard, data: dict[str, Any]) -> None:
+    """Write ``data`` as the card's metadata.json and regenerate its README.md from it."""
     (card.folder / "metadata.json").write_text(json.dumps(data, indent=2) + "\n")
     write_readme(ModelCard.read(card.folder))
 
@@ -93,8 +98,7 @@ def record_operating_point(card: ModelCard, threshold: float, metrics: dict[str,
     }
     if "performance" in data and float(data["performance"]["threshold"]) != threshold:
         data["performance"] = {**data["performance"], "stale": True}
-    (card.folder / "metadata.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_readme(ModelCard.read(card.folder))
+    _save(card, data)
     return version
 
 

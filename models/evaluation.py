@@ -74,14 +74,19 @@ def wilson(successes: int, total: int) -> tuple[float, float, float]:
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
+def allowed_false_positives(negatives: int, target_specificity: float) -> int:
+    """How many of ``negatives`` may score at or above a threshold that keeps the target:
+    floor((1 - target) · n)."""
+    return math.floor((1 - target_specificity) * negatives + 1e-9)
+
+
 def threshold_for_specificity(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
     """Lowest threshold whose specificity on ``labels``/``scores`` is at least ``target``."""
     labels = np.asarray(labels, dtype=bool)
     negatives = np.sort(np.asarray(scores, dtype=float)[~labels])
     if negatives.size == 0:
         return 0.5
-    # at most floor((1 - target) * n) negatives may score >= threshold
-    allowed = math.floor((1 - target) * negatives.size + 1e-9)
+    allowed = allowed_false_positives(negatives.size, target)
     index = negatives.size - allowed - 1
     if index < 0:
         return float(negatives[0])
@@ -108,16 +113,10 @@ def operating_point(labels: np.ndarray, scores: np.ndarray,
                          f"{int(labels.sum())} positive of {labels.size}")
     threshold = math.ceil(threshold_for_specificity(labels, scores, target_specificity)
                           * 1e6) / 1e6
-    flagged = scores >= threshold
-    auc, lo, hi = auc_ci(labels, scores)
-    return threshold, {
-        "auc": _round3(auc, lo, hi),
-        "sensitivity": _round3(*wilson(int((flagged & labels).sum()), int(labels.sum()))),
-        "specificity": _round3(*wilson(int((~flagged & ~labels).sum()),
-                                       int((~labels).sum()))),
-        "studies": int(labels.size),
-        "positives": int(labels.sum()),
-    }
+    m = _array_metrics(labels, scores, scores >= threshold, seed=0)
+    return threshold, {"auc": m["auc"], "sensitivity": m["sensitivity"],
+                       "specificity": m["specificity"], "studies": m["n"],
+                       "positives": m["positives"]}
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,15 +142,19 @@ class StudyResult:
 
 
 def _metrics(items: Sequence[StudyResult], *, seed: int) -> dict[str, Any]:
-    labels = np.array([r.positive for r in items], dtype=bool)
-    scores = np.array([r.probability for r in items], dtype=float)
-    flagged = np.array([r.flagged for r in items], dtype=bool)
-    auc, lo, hi = auc_ci(labels, scores, seed=seed) if len(items) else (float("nan"),) * 3
+    return _array_metrics(np.array([r.positive for r in items], dtype=bool),
+                          np.array([r.probability for r in items], dtype=float),
+                          np.array([r.flagged for r in items], dtype=bool), seed=seed)
+
+
+def _array_metrics(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray, *,
+                   seed: int) -> dict[str, Any]:
+    auc, lo, hi = auc_ci(labels, scores, seed=seed) if labels.size else (float("nan"),) * 3
     sens = wilson(int((flagged & labels).sum()), int(labels.sum()))
     spec = wilson(int((~flagged & ~labels).sum()), int((~labels).sum()))
     ppv = wilson(int((flagged & labels).sum()), int(flagged.sum()))
     return {
-        "n": len(items),
+        "n": int(labels.size),
         "positives": int(labels.sum()),
         "auc": _round3(auc, lo, hi),
         "sensitivity": _round3(*sens),
