@@ -93,7 +93,8 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     assert "HIGH" in seen["text"] and "intracranial hemorrhage 97%" in seen["text"]
 
     # feedback: comment + "disagree", stored through the API.  The page rebuilds the rows
-    # every 2 s unless an input has the focus: find the input afresh until typing sticks.
+    # when the list changes (not while an input has the focus): find the input afresh until
+    # typing sticks.
     def type_comment() -> bool:
         try:
             rows()[0].find_element(By.CSS_SELECTOR, ".fb input").send_keys(
@@ -102,7 +103,26 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
             return False
         return True
 
+    def comment_shown() -> str:
+        value: str = driver.execute_script(
+            "const i = document.querySelector('#rows tr .fb input'); return i && i.value;")
+        return value
+
     wait_for(type_comment, 10, what="comment typed")
+    # the radiologist leaves the field without sending; the list is then rebuilt (a filter
+    # changed and changed back): the draft comment is still there, not lost
+    driver.find_element(By.TAG_NAME, "h1").click()
+    state = Select(driver.find_element(By.ID, "f-state"))
+    state.select_by_visible_text("NO_FINDINGS")
+    wait_for(lambda: len(rows()) == 0, 20, what="no NO_FINDINGS rows")
+    state.select_by_index(0)  # "all"
+    wait_for(lambda: len(rows()) == 3, 20, what="three rows again")
+    assert comment_shown() == "calcification, not blood"
+    # while nothing changes, the 2 s refreshes leave the rows in place (an element found
+    # before two refreshes is still attached; a rebuilt table would make it stale)
+    top = rows()[0]
+    time.sleep(4.5)
+    assert top.get_attribute("data-study") == bleed_uid
     driver.find_element(By.CSS_SELECTOR, "#rows tr button[data-verdict=disagree]").click()
     wait_for(lambda: "feedback recorded" in driver.find_element(By.ID, "status").text,
              10, what="feedback acknowledged")
