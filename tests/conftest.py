@@ -19,7 +19,9 @@ import pydicom.config
 import pytest
 import redis
 import sqlalchemy as sa
+from pynetdicom import AE
 
+from triage.association import connection_handlers
 from triage.config import Settings, load_settings
 from triage.db import Database
 from triage.listener import Listener
@@ -282,3 +284,19 @@ def orthanc_namespace_problem() -> str | None:
     if done.returncode != 0:
         return f"unshare -n is not permitted here: {done.stderr.decode().strip()}"
     return None
+
+
+class TestAE(AE):
+    """A pynetdicom AE for test clients: every association gets triage's connection handlers.
+
+    Bare pynetdicom requestors can lose a fast response under load (the reactor takes it off
+    the queue and drops it, the request then waits out the DIMSE timeout) and leave a reset
+    socket to the garbage collector; see ``triage/association.py``.  Tests that show
+    pynetdicom's own behaviour (``tests/test_association.py``) use :class:`pynetdicom.AE`.
+    """
+
+    __test__ = False  # not a test class for pytest
+
+    def associate(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["evt_handlers"] = [*connection_handlers(), *(kwargs.get("evt_handlers") or [])]
+        return super().associate(*args, **kwargs)

@@ -21,7 +21,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.conftest import RunningListener, wait_for
+from tests.conftest import RunningListener, TestAE, wait_for
 from tests.dicom_factory import series_uids, write_series
 from triage.db import Database, instances, series
 from triage.sender import send
@@ -38,7 +38,7 @@ def index_count(db: Database) -> int:
 
 
 def scu(contexts: list[tuple[str, str]] | None = None, ae_title: str = "TESTSCU") -> AE:
-    ae = AE(ae_title=ae_title)
+    ae = TestAE(ae_title=ae_title)
     ae.add_requested_context(Verification)
     for abstract, syntax in contexts or [(CTImageStorage, ExplicitVRLittleEndian)]:
         ae.add_requested_context(abstract, [syntax])

@@ -21,7 +21,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.conftest import REPO, Proc, RunningListener, free_port, triage_argv, wait_for
+from tests.conftest import REPO, Proc, RunningListener, TestAE, free_port, triage_argv, wait_for
 from tests.dicom_factory import write_series
 from triage import analyses as analyses_mod
 from triage.analyses import AnalysisRecord, Outcome
@@ -50,7 +50,7 @@ PATIENT_NAME = "Doe^Jane"
 
 
 def scu(ae_title: str = "TESTSCU") -> AE:
-    ae = AE(ae_title=ae_title)
+    ae = TestAE(ae_title=ae_title)
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     return ae

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from pydicom import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UnifiedProcedureStepEvent,
     UnifiedProcedureStepPull,
@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UnifiedProcedureStepWatch,
 )
 
+from tests.conftest import TestAE
 from triage.db import Database, ups_events
 from triage.outputs.report import Patient, Priority, ReportStatus, SourceImage, StudyReport
 from triage.outputs.ups import (
@@ -283,7 +284,7 @@ class UpsPeer:
     events: queue.Queue[Received]
 
     def associate(self, ae_title: str = WATCHER) -> Any:
-        ae = AE(ae_title=ae_title)
+        ae = TestAE(ae_title=ae_title)
         for sop_class in (UnifiedProcedureStepPush, UnifiedProcedureStepWatch,
                           UnifiedProcedureStepPull, UnifiedProcedureStepQuery):
             ae.add_requested_context(sop_class)
@@ -309,7 +310,7 @@ def start_event_scp(port: int, events: queue.Queue[Received]) -> Any:
                             event.event_information))
         return 0x0000, None
 
-    ae = AE(ae_title=WATCHER)
+    ae = TestAE(ae_title=WATCHER)
     ae.add_supported_context(UnifiedProcedureStepEvent)
     return ae.start_server(("127.0.0.1", port), block=False,
                            evt_handlers=[(evt.EVT_N_EVENT_REPORT, handle)])

@@ -18,12 +18,10 @@ import pytest
 import sqlalchemy as sa
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE
 
-from tests.conftest import Proc, RunningListener, free_port, triage_argv, wait_for
+from tests.conftest import Proc, RunningListener, TestAE, free_port, triage_argv, wait_for
 from tests.dicom_factory import series_uids, write_series
 from tests.synthetic_studies import write_head_study
-from triage.association import connection_handlers
 from triage.db import Database, jobs, series
 
 pytestmark = pytest.mark.integration
@@ -97,14 +95,14 @@ def test_listener_restart_in_the_middle_of_a_series_loses_nothing(
         "TRIAGE_SPOOL_MIN_FREE_MB": "0",
     }
     paths = write_series(tmp_path / "src", 20)
-    ae = AE(ae_title="CT1")
+    ae = TestAE(ae_title="CT1")
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
 
     first = spawn("listen", triage_argv("listen"), env)
     first.wait_output("DICOM listener")
-    # The connection is reset by the crash: the handlers close the client's socket then
+    # The connection is reset by the crash: TestAE's handlers close the client's socket then
     # (pynetdicom alone leaves it to the garbage collector, see tests/test_association.py).
-    assoc = ae.associate("127.0.0.1", port, evt_handlers=connection_handlers())
+    assoc = ae.associate("127.0.0.1", port)
     assert [assoc.send_c_store(dcmread(p)).Status for p in paths[:10]] == [0] * 10
     os.killpg(first.popen.pid, signal.SIGKILL)  # crash mid-series, association still open
     first.popen.wait(10)

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from tests.conftest import RunningListener, wait_for
+from tests.conftest import RunningListener, TestAE, wait_for
 from triage.db import Database, instances
 
 Start = Callable[..., RunningListener]
@@ -145,7 +144,7 @@ def test_wrong_application_context_is_rejected(start_listener: Start,
 def test_association_limit_rejects_transiently(start_listener: Start,
                                                sqlite_db: Database) -> None:
     running = start_listener(sqlite_db, max_associations=1)
-    ae = AE(ae_title="FIRST")
+    ae = TestAE(ae_title="FIRST")
     ae.add_requested_context(Verification)
     first = ae.associate(running.host, running.port)
     assert first.is_established
@@ -235,7 +234,7 @@ def test_abort_in_the_middle_of_a_data_set_leaves_nothing(
              what="partial data set removed")
     with sqlite_db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(instances)).scalar() == 0
-    ae = AE(ae_title="AFTER")
+    ae = TestAE(ae_title="AFTER")
     ae.add_requested_context(Verification)
     assoc = ae.associate(running.host, running.port)
     assert assoc.send_c_echo().Status == 0x0000
