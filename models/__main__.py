@@ -82,6 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         changes["pool"] = args.pool
     if args.conv1_stride is not None:
         changes["conv1_t_stride"] = args.conv1_stride
+    if args.head is not None:
+        changes["head"] = args.head
     if changes:
         defs = [dataclasses.replace(d, network={**d.network, **changes}) for d in defs]
     train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
@@ -332,6 +334,11 @@ def parser() -> argparse.ArgumentParser:
                    help="stride of the first convolution (default: the definition's, 2); 1 "
                         "keeps twice the resolution in every later layer for about four times "
                         "the compute (experiments)")
+    t.add_argument("--head", choices=["linear", "map"],
+                   help="slice logit from the pooled features (linear, the default) or the "
+                        "maximum of a grid of cell logits trained also on where the finding "
+                        "is, from the generator's boxes (map); recorded in the card "
+                        "(experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cache", type=Path, default=Path("var/model-cache"))

@@ -63,6 +63,7 @@ class Prepared:
     z_mm: np.ndarray  # patient z of each resampled slice
     source_index: np.ndarray  # nearest slice of the original volume
     hu: torch.Tensor  # float32 (S, H, W) cropped HU at the target spacing (for previews)
+    crop_origin_mm: tuple[float, float] = (0.0, 0.0)  # patient y, x of the crop's first pixel
 
 
 def _smooth_z(hu: torch.Tensor, sigma_slices: float) -> torch.Tensor:
@@ -143,10 +144,16 @@ def prepare(volume: Volume, cfg: Preprocessing) -> Prepared:
                           roi_size=(out.shape[0], cfg.crop[0], cfg.crop[1]))(padded)
     crop_hu = torch.as_tensor(cropped)[0].float()
     z_mm = volume.origin_mm[2] + np.arange(crop_hu.shape[0]) * tz
+    # the crop starts roi_center - size // 2 into the padded image, which SpatialPad padded
+    # by pad_y / pad_x: (cy - crop // 2) pixels into the resampled slice, whose first pixel
+    # is the volume's (Spacing keeps the origin)
+    crop_origin = (volume.origin_mm[1] + (cy - cfg.crop[0] // 2) * ty,
+                   volume.origin_mm[0] + (cx - cfg.crop[1] // 2) * tx)
     source = np.clip(np.rint((z_mm - volume.origin_mm[2]) / sz), 0, volume.shape[0] - 1)
     return Prepared(
         slices=window_channels(crop_hu, cfg.windows, cfg.context_slices),
         z_mm=z_mm.astype(np.float32),
         source_index=source.astype(np.int64),
         hu=crop_hu,
+        crop_origin_mm=(float(crop_origin[0]), float(crop_origin[1])),
     )

@@ -59,11 +59,41 @@ class SliceNet(nn.Module):
         elif pool != "avg":
             raise ValueError(f"network pool {pool!r} is not 'avg' or 'max'")
         self.dropout = nn.Dropout(float(network.get("dropout", 0.0)))
-        self.head = nn.Linear(planes[-1], 1)
+        # "linear" (the default): one logit from the pooled features.  "map": a logit per cell
+        # of the layer-3 grid (1x1 convolutions on layers 3 and 4, the latter upsampled), the
+        # slice logit their maximum; training can then also say *where* the finding is (the
+        # cells its box covers), which a few-pixel fracture line needs to be learnt at all.
+        self.head_kind = str(network.get("head", "linear"))
+        if self.head_kind == "map":
+            self.map3 = nn.Conv2d(planes[2], 1, 1)
+            self.map4 = nn.Conv2d(planes[3], 1, 1)
+        elif self.head_kind != "linear":
+            raise ValueError(f"network head {self.head_kind!r} is not 'linear' or 'map'")
+        else:
+            self.head = nn.Linear(planes[-1], 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(x)
-        return self.head(self.dropout(features)).squeeze(-1), features
+        logits, features, _ = self.forward_cells(x)
+        return logits, features
+
+    def forward_cells(self, x: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Slice logits (B,), pooled features (B, F) and, for a "map" head, cell logits
+        (B, h, w) on the layer-3 grid (``None`` for a linear head)."""
+        if self.head_kind == "linear":
+            features = self.backbone(x)
+            return self.head(self.dropout(features)).squeeze(-1), features, None
+        b = self.backbone
+        h = b.act(b.bn1(b.conv1(x)))
+        if not b.no_max_pool:
+            h = b.maxpool(h)
+        h3 = b.layer3(b.layer2(b.layer1(h)))
+        h4 = b.layer4(h3)
+        features = b.avgpool(h4).flatten(1)
+        coarse = nn.functional.interpolate(self.map4(self.dropout(h4)), size=h3.shape[-2:],
+                                           mode="nearest")
+        cells = (self.map3(self.dropout(h3)) + coarse).squeeze(1)
+        return cells.flatten(1).amax(dim=1), features, cells
 
 
 def build_network(card: ModelCard) -> SliceNet:

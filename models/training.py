@@ -20,7 +20,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,24 @@ class CachedStudy:
     positive: np.ndarray  # bool (S,) slices showing the detector's finding
     label: bool
     labels: dict[str, Any]
+    # (N, 6) per finding of the detector: rows r0, r1 and columns c0, c1 of the crop (pixels,
+    # may lie partly outside) and z0, z1 (mm) of its bounding box; (0, 6) for none
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 6), dtype=np.float32))
+    z_mm: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+
+
+def crop_boxes(labels: dict[str, Any], finding: str, crop_origin_mm: tuple[float, float],
+               pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Bounding boxes (patient mm, from the generator's labels) of ``finding`` in crop pixels."""
+    rows = []
+    for item in labels.get("findings", []):
+        box = item.get("bbox_mm")
+        if item.get("kind") != finding or not box:
+            continue
+        x0, x1, y0, y1, z0, z1 = (float(v) for v in box)
+        (oy, ox), (py, px) = crop_origin_mm, pixel_mm
+        rows.append(((y0 - oy) / py, (y1 - oy) / py, (x0 - ox) / px, (x1 - ox) / px, z0, z1))
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 6)
 
 
 def slice_labels(case_positive: np.ndarray, case_z: np.ndarray, target_z: np.ndarray,
@@ -87,6 +105,9 @@ def _cache_one(args: tuple[int, str, str, dict[str, dict[str, Any]], int]) -> li
             positive=positive,
             label=np.array(case.finding == finding),
             labels=np.array(json.dumps(case.labels)),
+            boxes=crop_boxes(case.labels, finding, prepared.crop_origin_mm,
+                             cfg.target_spacing_mm[1:]),
+            z_mm=prepared.z_mm,
         )
         written.append(str(out))
         prep_json["_finding"] = finding
@@ -128,6 +149,8 @@ def load_cache(folder: Path, seeds: Sequence[int], region: Region) -> list[Cache
             studies.append(CachedStudy(
                 case_id=labels["case_id"], hu=data["hu"], positive=data["positive"],
                 label=bool(data["label"]), labels=labels,
+                boxes=data["boxes"] if "boxes" in data else np.zeros((0, 6), np.float32),
+                z_mm=data["z_mm"] if "z_mm" in data else np.zeros(0, np.float32),
             ))
     return studies
 
@@ -174,26 +197,67 @@ class SliceSampler:
         return [[items[k] for k in order[start : start + batch]]
                 for start in range(0, len(order), batch)]
 
-    def tensors(self, items: Sequence[tuple[int, int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self, items: Sequence[tuple[int, int, bool]], *, grid: tuple[int, int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Network input (B, C, H, W), slice targets (B,) and, with ``grid``, cell targets
+        (B, *grid): 1 where the (augmented) box of a finding on that slice overlaps the cell,
+        0 elsewhere, NaN for a positive slice whose finding has no box (no cell loss)."""
         k = self.cfg.context_slices
-        stacks = []
-        for study_index, slice_index, _ in items:
-            hu = self.studies[study_index].hu
+        stacks, maps = [], []
+        for study_index, slice_index, positive in items:
+            study = self.studies[study_index]
+            hu = study.hu
             idx = np.clip(np.arange(slice_index - k, slice_index + k + 1), 0, hu.shape[0] - 1)
             block = hu[idx].astype(np.float32)
-            if self.rng.random() < 0.5:
+            flip = self.rng.random() < 0.5
+            if flip:
                 block = block[:, :, ::-1]  # left-right: findings occur on both sides
             dy, dx = self.rng.integers(-8, 9, 2)
             block = np.roll(block, (int(dy), int(dx)), axis=(1, 2))
             block = block + np.float32(self.rng.normal(0, 2.0))
             stacks.append(np.ascontiguousarray(block))
+            if grid is not None:
+                maps.append(self._cells(study, slice_index, positive, grid=grid,
+                                        shape=(block.shape[1], block.shape[2]), flip=flip,
+                                        shift=(int(dy), int(dx))))
         hu_t = torch.from_numpy(np.stack(stacks))  # (B, 2k+1, H, W)
         b, n, h, w = hu_t.shape
         # window each neighbour and order channels as prepare() does: neighbour-major
         windowed = window_channels(hu_t.reshape(b * n, h, w), self.cfg.windows, 0)
         windowed = windowed.reshape(b, n * len(self.cfg.windows), h, w)
         target = torch.tensor([float(p) for _, _, p in items])
-        return windowed, target
+        cells = torch.from_numpy(np.stack(maps)) if grid is not None else None
+        return windowed, target, cells
+
+    def _cells(self, study: CachedStudy, slice_index: int, positive: bool, *,
+               grid: tuple[int, int], shape: tuple[int, int], flip: bool,
+               shift: tuple[int, int]) -> np.ndarray:
+        if not positive:
+            return np.zeros(grid, dtype=np.float32)
+        boxes = study.boxes
+        if study.z_mm.size and boxes.size:
+            z = float(study.z_mm[slice_index])
+            half = self.cfg.target_spacing_mm[0] / 2
+            near = boxes[(boxes[:, 4] - half <= z) & (z <= boxes[:, 5] + half)]
+            boxes = near if near.size else boxes
+        if not boxes.size:
+            return np.full(grid, np.nan, dtype=np.float32)
+        return cell_targets(boxes, grid=grid, shape=shape, flip=flip, shift=shift)
+
+
+def cell_targets(boxes: np.ndarray, *, grid: tuple[int, int], shape: tuple[int, int],
+                 flip: bool, shift: tuple[int, int]) -> np.ndarray:
+    """1 on the cells of a ``grid`` over an image of ``shape`` that the boxes (crop pixels:
+    r0, r1, c0, c1, ...) overlap after a left-right ``flip`` and then a roll by ``shift``."""
+    out = np.zeros(grid, dtype=np.float32)
+    h, w = shape
+    rows = boxes[:, 0:2] + shift[0]
+    cols = ((w - 1) - boxes[:, 3:1:-1] if flip else boxes[:, 2:4]) + shift[1]
+    first_row = np.clip(np.floor(rows / (h / grid[0])), 0, grid[0] - 1).astype(int)
+    first_col = np.clip(np.floor(cols / (w / grid[1])), 0, grid[1] - 1).astype(int)
+    for (i0, i1), (j0, j1) in zip(first_row, first_col, strict=True):
+        out[i0 : i1 + 1, j0 : j1 + 1] = 1.0
+    return out
 
 
 def study_scores(net: SliceNet, studies: Sequence[CachedStudy], cfg: Preprocessing,
@@ -258,6 +322,14 @@ def train(
     steps = epochs * math.ceil(len(sampler.positives) * (1 + negative_ratio) / batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
     loss_fn = nn.BCEWithLogitsLoss()
+    grid = None
+    if net.head_kind == "map":  # the cell grid of the layer-3 map for this crop
+        with torch.no_grad():
+            probe = net.forward_cells(torch.zeros(1, cfg.channels, *cfg.crop, device=dev))[2]
+        grid = (int(probe.shape[1]), int(probe.shape[2])) if probe is not None else None
+        boxed = sum(bool(s.boxes.size) for s in train_set if s.label)
+        log(f"{definition.name}: cell-level targets from the boxes of {boxed} of "
+            f"{sum(s.label for s in train_set)} positive training studies, grid {grid}")
     val_labels = np.array([s.label for s in val_set])
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     history: list[dict[str, float]] = []
@@ -266,9 +338,13 @@ def train(
         net.train()
         losses = []
         for items in sampler.epoch(batch):
-            x, y = sampler.tensors(items)
-            logits, _ = net(x.to(dev))
+            x, y, cells = sampler.tensors(items, grid=grid)
+            logits, _, cell_logits = net.forward_cells(x.to(dev))
             loss = loss_fn(logits, y.to(dev))
+            if cells is not None and cell_logits is not None:
+                known = ~torch.isnan(cells).to(dev)
+                if bool(known.any()):
+                    loss = loss + loss_fn(cell_logits[known], cells.to(dev)[known])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

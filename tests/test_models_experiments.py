@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -105,3 +106,91 @@ def test_the_balance_switch_reaches_training() -> None:
     args = parser().parse_args(["train", "hemorrhage", "--balance", "study"])
     assert args.balance == "study"
     assert parser().parse_args(["train", "hemorrhage"]).balance is None
+
+
+def test_the_crop_origin_puts_a_patient_point_on_its_crop_pixel() -> None:
+    from models.preprocess import Preprocessing, prepare
+    from models.volume import Volume
+
+    cfg = Preprocessing(target_spacing_mm=(2.0, 0.8, 0.8), crop=(128, 128),
+                        windows=((40.0, 80.0),), context_slices=0)
+    for pixel, origin in (((0.5, 0.5), (-50.0, -30.0)), ((0.7, 0.7), (12.0, -80.0))):
+        hu = np.full((20, 200, 220), -1000, dtype=np.float32)
+        hu[:, 40:160, 40:180] = 0.0
+        hu[:, 70, 90] = 2000.0  # a dot at row 70, column 90
+        volume = Volume(hu=hu, spacing_mm=(2.0, *pixel), origin_mm=(*origin, 0.0),
+                        study_instance_uid="1.2", series_instance_uid="1.2.3", meta={})
+        prepared = prepare(volume, cfg)
+        row, col = np.unravel_index(int(np.argmax(prepared.hu[5].numpy())), (128, 128))
+        oy, ox = prepared.crop_origin_mm
+        assert oy + row * 0.8 == pytest.approx(origin[1] + 70 * pixel[0], abs=0.8)
+        assert ox + col * 0.8 == pytest.approx(origin[0] + 90 * pixel[1], abs=0.8)
+
+
+def test_cell_targets_follow_the_flip_and_the_shift() -> None:
+    from models.training import cell_targets
+
+    box = np.array([[10.0, 20.0, 100.0, 110.0, 0.0, 0.0]], dtype=np.float32)
+    plain = cell_targets(box, grid=(8, 8), shape=(128, 128), flip=False, shift=(0, 0))
+    assert {tuple(v) for v in np.argwhere(plain)} == {(0, 6), (1, 6)}
+    flipped = cell_targets(box, grid=(8, 8), shape=(128, 128), flip=True, shift=(0, 0))
+    assert {tuple(v) for v in np.argwhere(flipped)} == {(0, 1), (1, 1)}  # columns 17-27
+    shifted = cell_targets(box, grid=(8, 8), shape=(128, 128), flip=False, shift=(8, -8))
+    assert {tuple(v) for v in np.argwhere(shifted)} == {(1, 5), (1, 6)}  # rows 18-28, 92-102
+
+
+def test_the_sampler_gives_cell_targets_only_where_the_finding_is() -> None:
+    from models import cspine_fracture
+
+    cfg = cspine_fracture.DEFINITION.preprocessing
+    boxed = _cached("boxed", 10, range(4, 6))
+    boxed = dataclasses.replace(
+        boxed, hu=np.zeros((10, 128, 128), dtype=np.int16),
+        boxes=np.array([[40.0, 50.0, 60.0, 70.0, 7.0, 11.0]], dtype=np.float32),
+        z_mm=np.arange(10, dtype=np.float32) * 2.0)
+    unboxed = dataclasses.replace(boxed, boxes=np.zeros((0, 6), dtype=np.float32))
+    sampler = SliceSampler([boxed, unboxed], cfg, negative_ratio=1.0,
+                           rng=np.random.default_rng(0))
+    _, target, cells = sampler.tensors([(0, 4, True), (0, 0, False), (1, 4, True)],
+                                       grid=(8, 8))
+    assert target.tolist() == [1.0, 0.0, 1.0]
+    assert cells is not None and cells.shape == (3, 8, 8)
+    assert 1 <= int(cells[0].sum()) <= 4  # the box's cells (it may move by the augmentation)
+    assert int(cells[1].sum()) == 0  # a negative slice: no cell
+    assert bool(torch.isnan(cells[2]).all())  # positive without a box: no cell loss
+    assert sampler.tensors([(0, 4, True)])[2] is None  # no grid, no cell targets
+
+
+def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices(tmp_path: Path) -> None:
+    from models import cspine_fracture
+    from models.training import build_cache, load_cache
+
+    definition = cspine_fracture.DEFINITION
+    build_cache([definition], [100_000], tmp_path, workers=1)  # a posterior-element break
+    (study,) = load_cache(tmp_path / definition.name, [100_000], definition.region)
+    assert study.label and study.boxes.shape == (1, 6)
+    r0, r1, c0, c1, z0, z1 = study.boxes[0]
+    positive = np.nonzero(study.positive)[0]
+    assert z0 - 1.0 <= study.z_mm[positive].min() and study.z_mm[positive].max() <= z1 + 1.0
+    middle = study.hu[positive[len(positive) // 2]]
+    inside = middle[int(r0) : int(r1) + 1, int(c0) : int(c1) + 1]
+    assert (inside > 250).mean() > 3 * (middle > 250).mean()  # on the vertebra, not beside
+
+
+def test_the_map_head_scores_a_slice_by_its_hottest_cell() -> None:
+    torch.manual_seed(0)
+    net = SliceNet(9, {**DEFAULT_NETWORK, "head": "map"}).eval()
+    x = torch.rand(2, 9, 128, 128)
+    with torch.inference_mode():
+        logits, features, cells = net.forward_cells(x)
+        again, _ = net(x)
+    assert cells is not None and cells.shape == (2, 8, 8)
+    assert torch.equal(logits, cells.flatten(1).amax(dim=1))
+    assert torch.equal(logits, again)
+    assert features.shape == (2, 128)
+    assert SliceNet(9, DEFAULT_NETWORK).forward_cells(x)[2] is None
+    with pytest.raises(ValueError, match="head"):
+        SliceNet(9, {**DEFAULT_NETWORK, "head": "attention"})
+    assert parser().parse_args(["train", "cspine_fracture", "--head", "map"]).head == "map"
+    assert parser().parse_args(["train", "cspine_fracture"]).head is None
+
