@@ -324,6 +324,7 @@ def train(
     loss_fn = nn.BCEWithLogitsLoss()
     grid = None
     if net.head_kind == "map":  # the cell grid of the layer-3 map for this crop
+        net.eval()  # a probe must not move the batch-norm statistics
         with torch.no_grad():
             probe = net.forward_cells(torch.zeros(1, cfg.channels, *cfg.crop, device=dev))[2]
         grid = (int(probe.shape[1]), int(probe.shape[2])) if probe is not None else None

@@ -161,13 +161,15 @@ def test_the_sampler_gives_cell_targets_only_where_the_finding_is() -> None:
     assert sampler.tensors([(0, 4, True)])[2] is None  # no grid, no cell targets
 
 
-def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices(tmp_path: Path) -> None:
+def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices_and_trains_a_map_head(
+        tmp_path: Path) -> None:
     from models import cspine_fracture
-    from models.training import build_cache, load_cache
+    from models.training import build_cache, load_cache, train
 
     definition = cspine_fracture.DEFINITION
-    build_cache([definition], [100_000], tmp_path, workers=1)  # a posterior-element break
-    (study,) = load_cache(tmp_path / definition.name, [100_000], definition.region)
+    seeds = [100_000, 100_001, 100_002]  # a posterior-element break and two normals
+    build_cache([definition], seeds, tmp_path, workers=1)
+    study = load_cache(tmp_path / definition.name, seeds, definition.region)[0]
     assert study.label and study.boxes.shape == (1, 6)
     r0, r1, c0, c1, z0, z1 = study.boxes[0]
     positive = np.nonzero(study.positive)[0]
@@ -175,6 +177,15 @@ def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices(tmp_path: Path) ->
     middle = study.hu[positive[len(positive) // 2]]
     inside = middle[int(r0) : int(r1) + 1, int(c0) : int(c1) + 1]
     assert (inside > 250).mean() > 3 * (middle > 250).mean()  # on the vertebra, not beside
+
+    mapped = dataclasses.replace(definition, network={**definition.network, "head": "map"})
+    logged: list[str] = []
+    result = train(mapped, tmp_path, train_seeds=seeds, val_seeds=seeds,
+                   out_folder=tmp_path / "out" / definition.name, epochs=1, batch=8,
+                   log=logged.append)
+    assert "boxes of 1 of 1 positive training studies, grid (8, 8)" in logged[1]
+    assert np.isfinite(result.history[0]["loss"])
+    assert models.load(definition.name, root=tmp_path / "out").card.network["head"] == "map"
 
 
 def test_the_map_head_scores_a_slice_by_its_hottest_cell() -> None:
