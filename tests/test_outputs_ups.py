@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from pydicom import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, generate_uid
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UnifiedProcedureStepEvent,
     UnifiedProcedureStepPull,
@@ -310,7 +310,7 @@ def start_event_scp(port: int, events: queue.Queue[Received]) -> Any:
                             event.event_information))
         return 0x0000, None
 
-    ae = TestAE(ae_title=WATCHER)
+    ae = AE(ae_title=WATCHER)
     ae.add_supported_context(UnifiedProcedureStepEvent)
     return ae.start_server(("127.0.0.1", port), block=False,
                            evt_handlers=[(evt.EVT_N_EVENT_REPORT, handle)])
