@@ -20,6 +20,7 @@ from typing import Any
 
 import models
 from models.definition import Definition
+from models.preprocess import Preprocessing
 
 logger = logging.getLogger("models")
 
@@ -86,6 +87,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         changes["head"] = args.head
     if changes:
         defs = [dataclasses.replace(d, network={**d.network, **changes}) for d in defs]
+    prep: dict[str, Any] = {}  # an experiment: recorded in the card's "preprocessing"
+    if args.pixel_mm is not None:
+        prep["pixel_mm"] = args.pixel_mm
+    if args.crop is not None:
+        prep["crop"] = (args.crop, args.crop)
+    if prep:
+        defs = [dataclasses.replace(d, preprocessing=_with_pixels(d.preprocessing, **prep))
+                for d in defs]
     train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
     val_seeds = list(range(training.VALIDATION_SEEDS, training.VALIDATION_SEEDS + args.val_cases))
     for region in {d.region for d in defs}:
@@ -104,6 +113,14 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{result.threshold:.4f} (sensitivity {result.validation_sensitivity:.3f}, "
               f"specificity {result.validation_specificity:.3f}); card {result.card_path}")
     return 0
+
+
+def _with_pixels(cfg: Preprocessing, *, pixel_mm: float | None = None,
+                 crop: tuple[int, int] | None = None) -> Preprocessing:
+    """``cfg`` (a Preprocessing) with other in-plane pixels and/or crop."""
+    z, y, x = cfg.target_spacing_mm
+    return dataclasses.replace(
+        cfg, target_spacing_mm=(z, pixel_mm or y, pixel_mm or x), crop=crop or cfg.crop)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -339,9 +356,16 @@ def parser() -> argparse.ArgumentParser:
                         "maximum of a grid of cell logits trained also on where the finding "
                         "is, from the generator's boxes (map); recorded in the card "
                         "(experiments)")
+    t.add_argument("--pixel-mm", type=float,
+                   help="in-plane pixel size the slices are resampled to (default: the "
+                        "definition's); recorded in the card's preprocessing (experiments)")
+    t.add_argument("--crop", type=int,
+                   help="side of the square crop in pixels (default: the definition's); with "
+                        "--pixel-mm it sets the field of view (experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
-    t.add_argument("--cache", type=Path, default=Path("var/model-cache"))
+    t.add_argument("--cache", type=Path, default=Path("var/model-cache"),
+                   help="prepared studies, one folder per detector and preprocessing")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate on held-out synthetic data or a labelled folder")

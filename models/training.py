@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -82,14 +83,22 @@ def slice_labels(case_positive: np.ndarray, case_z: np.ndarray, target_z: np.nda
     return np.asarray(np.abs(target_z[:, None] - pos_z[None, :]).min(axis=1) <= half_width)
 
 
-def _cache_one(args: tuple[int, str, str, dict[str, dict[str, Any]], int]) -> list[str]:
-    seed, region, root, preps, max_slices = args
+def cache_folder(root: Path, definition: Definition) -> Path:
+    """Where ``definition``'s prepared studies live under ``root``: one folder per detector and
+    preprocessing, so an experiment with other pixels or crop never reads another's cache."""
+    prep = json.dumps(definition.preprocessing.to_json(), sort_keys=True)
+    digest = hashlib.sha256(prep.encode()).hexdigest()[:8]
+    return root / f"{definition.name}-{digest}"
+
+
+def _cache_one(args: tuple[int, str, dict[str, dict[str, Any]], int]) -> list[str]:
+    seed, region, preps, max_slices = args
     torch.set_num_threads(1)
     case = generate(sample_case(seed, Region(region), max_slices=max_slices))
     volume = case.volume()
     case_z = volume.origin_mm[2] + np.arange(volume.shape[0]) * volume.spacing_mm[0]
     written = []
-    for name, prep_json in preps.items():
+    for folder, prep_json in preps.items():
         finding = prep_json.pop("_finding")
         cfg = Preprocessing.from_json(prep_json)
         prepared = prepare(volume, cfg)
@@ -97,7 +106,7 @@ def _cache_one(args: tuple[int, str, str, dict[str, dict[str, Any]], int]) -> li
         mine = case.slice_positive if case.finding == finding else np.zeros_like(
             case.slice_positive)
         positive = slice_labels(mine, case_z, prepared.z_mm, half)
-        out = Path(root) / name / f"{case.labels['case_id']}.npz"
+        out = Path(folder) / f"{case.labels['case_id']}.npz"
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(
             out,
@@ -128,10 +137,11 @@ def build_cache(
     if len(regions) != 1:
         raise ValueError("cache definitions of one region at a time")
     region = regions.pop()
-    preps = {d.name: {**d.preprocessing.to_json(), "_finding": d.finding} for d in definitions}
+    preps = {str(cache_folder(root, d)): {**d.preprocessing.to_json(), "_finding": d.finding}
+             for d in definitions}
     todo = [s for s in seeds if not all(
-        (root / d.name / f"{region.value}-{s:07d}.npz").exists() for d in definitions)]
-    jobs = [(s, region.value, str(root), preps, max_slices) for s in todo]
+        (cache_folder(root, d) / f"{region.value}-{s:07d}.npz").exists() for d in definitions)]
+    jobs = [(s, region.value, preps, max_slices) for s in todo]
     done = len(seeds) - len(todo)
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         for _ in pool.map(_cache_one, jobs, chunksize=1):
@@ -277,6 +287,20 @@ def study_scores(net: SliceNet, studies: Sequence[CachedStudy], cfg: Preprocessi
     return np.asarray(scores)
 
 
+def auc_by_subtype(studies: Sequence[CachedStudy], scores: np.ndarray) -> dict[str, Any]:
+    """Validation AUC of each finding subtype: its positive studies against all negatives
+    (how ``triage models eval`` stratifies), so experiments compare where they gain."""
+    labels = np.array([s.label for s in studies])
+    subtype = np.array([s.labels["findings"][0]["subtype"] if s.label and s.labels["findings"]
+                        else "" for s in studies])
+    out: dict[str, Any] = {}
+    for name in sorted(set(subtype[labels])):
+        mine = (subtype == name) | ~labels
+        out[name] = {"positives": int((subtype == name).sum()),
+                     "auc": round(roc_auc(labels[mine], scores[mine]), 4)}
+    return out
+
+
 @dataclass
 class TrainResult:
     card_path: Path
@@ -308,7 +332,7 @@ def train(
     rng = np.random.default_rng(seed)
     dev = torch.device(device)
     cfg = definition.preprocessing
-    folder = cache_root / definition.name
+    folder = cache_folder(cache_root, definition)
     train_set = load_cache(folder, train_seeds, definition.region)
     val_set = load_cache(folder, val_seeds, definition.region)
     balance = balance or definition.positive_balance
@@ -367,6 +391,9 @@ def train(
     threshold = threshold_for_specificity(val_labels, scores, definition.target_specificity)
     sens = float((scores[val_labels] >= threshold).mean()) if val_labels.any() else 0.0
     spec = float((scores[~val_labels] < threshold).mean()) if (~val_labels).any() else 0.0
+    by_subtype = auc_by_subtype(val_set, scores) if (~val_labels).any() else {}
+    log(f"{definition.name}: validation AUC by subtype: " + ", ".join(
+        f"{k} {v['auc']:.3f} ({v['positives']})" for k, v in by_subtype.items()))
     weights = out_folder / "weights" / "model.pt"
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(best[1], weights)
@@ -395,6 +422,7 @@ def train(
             "sensitivity": round(sens, 4),
             "specificity": round(spec, 4),
             "studies": len(val_set),
+            "auc_by_subtype": by_subtype,
         },
     )
     card_path = out_folder / "metadata.json"

@@ -1,4 +1,5 @@
-"""Experiment switches of the detectors: global pooling, positive balance, an --out card."""
+"""Experiment switches of the detectors: global pooling, positive balance, pixels and crop,
+an --out card."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import pytest
 import torch
 
 import models
-from models.__main__ import parser
+from models.__main__ import _with_pixels, parser
 from models.slicenet import DEFAULT_NETWORK, SliceNet
 from models.synthetic.generate import generate
 from models.synthetic.sampling import sample_case
 from models.synthetic.spec import Region
-from models.training import CachedStudy, SliceSampler
+from models.training import CachedStudy, SliceSampler, auc_by_subtype, cache_folder
 
 
 def test_max_pooling_keeps_the_parameters_and_sees_a_small_spot() -> None:
@@ -164,12 +165,12 @@ def test_the_sampler_gives_cell_targets_only_where_the_finding_is() -> None:
 def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices_and_trains_a_map_head(
         tmp_path: Path) -> None:
     from models import cspine_fracture
-    from models.training import build_cache, load_cache, train
+    from models.training import build_cache, cache_folder, load_cache, train
 
     definition = cspine_fracture.DEFINITION
     seeds = [100_000, 100_001, 100_002]  # a posterior-element break and two normals
     build_cache([definition], seeds, tmp_path, workers=1)
-    study = load_cache(tmp_path / definition.name, seeds, definition.region)[0]
+    study = load_cache(cache_folder(tmp_path, definition), seeds, definition.region)[0]
     assert study.label and study.boxes.shape == (1, 6)
     r0, r1, c0, c1, z0, z1 = study.boxes[0]
     positive = np.nonzero(study.positive)[0]
@@ -205,3 +206,38 @@ def test_the_map_head_scores_a_slice_by_its_hottest_cell() -> None:
     assert parser().parse_args(["train", "cspine_fracture", "--head", "map"]).head == "map"
     assert parser().parse_args(["train", "cspine_fracture"]).head is None
 
+
+
+def test_pixels_and_crop_change_only_the_in_plane_sampling_and_get_their_own_cache() -> None:
+    from models import cspine_fracture
+
+    d = cspine_fracture.DEFINITION
+    args = parser().parse_args(["train", "cspine_fracture", "--pixel-mm", "0.6", "--crop", "160"])
+    assert (args.pixel_mm, args.crop) == (0.6, 160)
+    assert parser().parse_args(["train", "cspine_fracture"]).pixel_mm is None
+    zoomed = _with_pixels(d.preprocessing, pixel_mm=args.pixel_mm, crop=(args.crop, args.crop))
+    assert zoomed.target_spacing_mm == (d.preprocessing.target_spacing_mm[0], 0.6, 0.6)
+    assert zoomed.crop == (160, 160)
+    assert (zoomed.windows, zoomed.context_slices, zoomed.center_on) == (
+        d.preprocessing.windows, d.preprocessing.context_slices, d.preprocessing.center_on)
+    assert _with_pixels(d.preprocessing) == d.preprocessing
+    # an experiment never reads studies prepared another way (same name, other pixels)
+    root = Path("cache")
+    other = dataclasses.replace(d, preprocessing=zoomed)
+    assert cache_folder(root, other) != cache_folder(root, d)
+    assert cache_folder(root, dataclasses.replace(d)) == cache_folder(root, d)
+    assert cache_folder(root, d).parent == root and cache_folder(root, d).name.startswith(d.name)
+
+
+def test_validation_auc_by_subtype_ranks_each_subtype_against_all_negatives() -> None:
+    def study(subtype: str | None) -> CachedStudy:
+        findings = [{"subtype": subtype}] if subtype else []
+        return CachedStudy(case_id="c", hu=np.zeros((1, 2, 2), np.int16),
+                           positive=np.zeros(1, bool), label=subtype is not None,
+                           labels={"findings": findings})
+
+    studies = [study(None), study(None), study("body"), study("body"), study("posterior")]
+    scores = np.array([0.2, 0.6, 0.9, 0.7, 0.4])
+    out = auc_by_subtype(studies, scores)
+    assert out == {"body": {"positives": 2, "auc": 1.0},
+                   "posterior": {"positives": 1, "auc": 0.5}}
