@@ -162,6 +162,25 @@ def test_the_sampler_gives_cell_targets_only_where_the_finding_is() -> None:
     assert sampler.tensors([(0, 4, True)])[2] is None  # no grid, no cell targets
 
 
+def test_a_thick_slice_takes_the_boxes_within_half_its_own_spacing() -> None:
+    """Cell targets pick a slice's boxes as its label does: within half the resampled
+    spacing (5 mm slices kept at 5 mm), not half the 2 mm target."""
+    from models import cspine_fracture
+
+    cfg = cspine_fracture.DEFINITION.preprocessing  # target 2 mm
+    study = CachedStudy(
+        case_id="thick", hu=np.zeros((6, 128, 128), dtype=np.int16),
+        positive=np.array([1, 1, 0, 0, 1, 0], dtype=bool), label=True, labels={},
+        boxes=np.array([[0.0, 10.0, 0.0, 10.0, 0.0, 4.0],  # near slice 1 (z 6)
+                        [100.0, 120.0, 100.0, 120.0, 20.0, 24.0]],  # near slice 4 (z 21)
+                       dtype=np.float32),
+        z_mm=np.arange(6, dtype=np.float32) * 5.0 + 1.0)  # slice 1 lies 2 mm above box 1
+    sampler = SliceSampler([study], cfg, negative_ratio=1.0, rng=np.random.default_rng(0))
+    cells = sampler._cells(study, 1, True, grid=(8, 8), shape=(128, 128), flip=False,
+                           shift=(0, 0))
+    assert cells[0, 0] == 1.0 and cells[7, 7] == 0.0  # box 1 only, not both
+
+
 def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices_and_trains_a_map_head(
         tmp_path: Path) -> None:
     from models import cspine_fracture
