@@ -247,9 +247,10 @@ class SliceSampler:
         boxes = study.boxes
         if study.z_mm.size and boxes.size:
             z = float(study.z_mm[slice_index])
-            # the half spacing of the resampled slices, as their labels (slice_labels) use
-            step = float(study.z_mm[1] - study.z_mm[0]) if study.z_mm.size > 1 else 0.0
-            half = max(self.cfg.target_spacing_mm[0], step) / 2
+            # half the spacing of the resampled slices, as their labels (slice_labels) use
+            step = (float(study.z_mm[1] - study.z_mm[0]) if study.z_mm.size > 1
+                    else self.cfg.target_spacing_mm[0])
+            half = step / 2
             near = boxes[(boxes[:, 4] - half <= z) & (z <= boxes[:, 5] + half)]
             boxes = near if near.size else boxes
         if not boxes.size:
@@ -297,9 +298,10 @@ def auc_by_subtype(studies: Sequence[CachedStudy], scores: np.ndarray) -> dict[s
                         else "" for s in studies])
     out: dict[str, Any] = {}
     for name in sorted(set(subtype[labels])):
-        mine = (subtype == name) | ~labels
-        out[str(name)] = {"positives": int((subtype == name).sum()),
-                     "auc": round(roc_auc(labels[mine], scores[mine]), 4)}
+        members = subtype == name
+        mine = members | ~labels
+        out[str(name)] = {"positives": int(members.sum()),
+                          "auc": round(roc_auc(labels[mine], scores[mine]), 4)}
     return out
 
 
