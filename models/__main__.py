@@ -21,6 +21,7 @@ from typing import Any
 import models
 from models.definition import Definition
 from models.preprocess import Preprocessing
+from models.synthetic.generate import GENERATOR_REVISION
 
 logger = logging.getLogger("models")
 
@@ -92,6 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         prep["pixel_mm"] = args.pixel_mm
     if args.crop is not None:
         prep["crop"] = (args.crop, args.crop)
+    if args.mirror:
+        prep["mirror"] = True
     if prep:
         defs = [dataclasses.replace(d, preprocessing=_with_pixels(d.preprocessing, **prep))
                 for d in defs]
@@ -116,11 +119,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _with_pixels(cfg: Preprocessing, *, pixel_mm: float | None = None,
-                 crop: tuple[int, int] | None = None) -> Preprocessing:
-    """``cfg`` (a Preprocessing) with other in-plane pixels and/or crop."""
+                 crop: tuple[int, int] | None = None, mirror: bool = False) -> Preprocessing:
+    """``cfg`` (a Preprocessing) with other in-plane pixels, crop and/or mirrored channels."""
     z, y, x = cfg.target_spacing_mm
     return dataclasses.replace(
-        cfg, target_spacing_mm=(z, pixel_mm or y, pixel_mm or x), crop=crop or cfg.crop)
+        cfg, target_spacing_mm=(z, pixel_mm or y, pixel_mm or x), crop=crop or cfg.crop,
+        mirror=mirror or cfg.mirror)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -133,7 +137,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.data:
         source = f"site data {args.data}"
     else:
-        source = (f"held-out synthetic phantoms, seeds {args.seed_base}-"
+        source = (f"held-out synthetic phantoms (generator revision "
+                  f"{GENERATOR_REVISION}), seeds {args.seed_base}-"
                   f"{args.seed_base + args.cases - 1} (training used {training.TRAIN_SEEDS}+, "
                   f"validation {training.VALIDATION_SEEDS}+)")
     rep = assess.write_report(args.name, results, skipped, threshold=card.threshold,
@@ -199,7 +204,8 @@ def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
                 f"synthetic seeds {first}-{last} are not all validation seeds "
                 f"({training.VALIDATION_SEEDS}-{training.TEST_SEEDS - 1}): a threshold chosen "
                 "on training or held-out studies would make the held-out figures optimistic")
-        source = f"synthetic validation phantoms, seeds {first}-{last}"
+        source = (f"synthetic validation phantoms (generator revision "
+                  f"{GENERATOR_REVISION}), seeds {first}-{last}")
     results, skipped, _ = _score(args, d.finding, "scoring")
     labels = np.array([r.positive for r in results], dtype=bool)
     scores = np.array([r.probability for r in results], dtype=float)
@@ -362,10 +368,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", type=int,
                    help="side of the square crop in pixels (default: the definition's); with "
                         "--pixel-mm it sets the field of view (experiments)")
+    t.add_argument("--mirror", action="store_true",
+                   help="add every channel mirrored left-right about the crop's centre, so the "
+                        "network can compare the two sides (most posterior-element breaks "
+                        "are one-sided; the normal gaps come in pairs); recorded in the card's "
+                        "preprocessing (experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cache", type=Path, default=Path("var/model-cache"),
-                   help="prepared studies, one folder per detector and preprocessing")
+                   help="prepared studies, one folder per detector, sampling and generator "
+                        "revision")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate on held-out synthetic data or a labelled folder")

@@ -124,7 +124,9 @@ def write_readme(card: ModelCard) -> None:
         f"{data['network_data_format']['inputs']['image']['num_channels']} input channels of "
         f"{prep['crop'][0]}×{prep['crop'][1]} pixels at "
         f"{prep['target_spacing_mm'][1]:g} mm, slices resampled to "
-        f"{prep['target_spacing_mm'][0]:g} mm (thin slices averaged, thick ones kept).",
+        f"{prep['target_spacing_mm'][0]:g} mm (thin slices averaged, thick ones kept)"
+        + ("; the second half of the channels is the first mirrored left-right about the "
+           "crop's centre (bilateral comparison)." if prep.get("mirror") else "."),
         f"- Output: study probability (threshold {card.threshold:.4f}, "
         f"{data['operating_point']['rule']}), the slice range above threshold, the key slice "
         "and a feature vector for out-of-distribution and drift monitoring.",

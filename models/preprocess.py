@@ -28,6 +28,7 @@ class Preprocessing:
     windows: tuple[tuple[float, float], ...]  # (centre, width) per channel
     context_slices: int = 1  # neighbours on each side stacked as channels
     center_on: str = "body"  # "body" (HU > -500) or "bone" (spine, HU > 250 near the centre)
+    mirror: bool = False  # also the left-right mirror of every channel (bilateral comparison)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Preprocessing:
@@ -39,20 +40,29 @@ class Preprocessing:
             windows=tuple((float(c), float(w)) for c, w in data["windows"]),
             context_slices=int(data.get("context_slices", 1)),
             center_on=str(data.get("center_on", "body")),
+            mirror=bool(data.get("mirror", False)),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "target_spacing_mm": list(self.target_spacing_mm),
             "crop": list(self.crop),
             "windows": [list(w) for w in self.windows],
             "context_slices": self.context_slices,
             "center_on": self.center_on,
         }
+        if self.mirror:  # absent means False, as in every card written before it existed
+            data["mirror"] = True
+        return data
+
+    def sampling_json(self) -> dict[str, Any]:
+        """What decides the prepared HU (spacing, crop, centring), not how it is windowed."""
+        return {"target_spacing_mm": list(self.target_spacing_mm), "crop": list(self.crop),
+                "center_on": self.center_on}
 
     @property
     def channels(self) -> int:
-        return len(self.windows) * (2 * self.context_slices + 1)
+        return len(self.windows) * (2 * self.context_slices + 1) * (2 if self.mirror else 1)
 
 
 @dataclass(frozen=True)
@@ -104,21 +114,25 @@ def _centre(hu: torch.Tensor, mode: str, pixel_mm: float) -> tuple[int, int]:
 
 
 def window_channels(hu: torch.Tensor, windows: tuple[tuple[float, float], ...],
-                    context: int) -> torch.Tensor:
-    """(S, H, W) HU → (S, windows × (2·context+1), H, W) in [0, 1]."""
+                    context: int, *, mirror: bool = False) -> torch.Tensor:
+    """(S, H, W) HU → (S, windows × (2·context+1), H, W) in [0, 1], neighbour-major; with
+    ``mirror``, the same channels flipped left-right follow (twice the channels), so the
+    network can compare each side with the other about the crop's centre column."""
     scaled = [
         ScaleIntensityRange(a_min=c - w / 2, a_max=c + w / 2, b_min=0.0, b_max=1.0, clip=True)(hu)
         for c, w in windows
     ]
     stack = torch.stack([torch.as_tensor(s) for s in scaled], dim=1)  # (S, W, H, W)
-    if context == 0:
-        return stack
-    count = stack.shape[0]
-    neighbours = []
-    for offset in range(-context, context + 1):
-        index = torch.clamp(torch.arange(count) + offset, 0, count - 1)
-        neighbours.append(stack[index])
-    return torch.cat(neighbours, dim=1)
+    if context > 0:
+        count = stack.shape[0]
+        neighbours = []
+        for offset in range(-context, context + 1):
+            index = torch.clamp(torch.arange(count) + offset, 0, count - 1)
+            neighbours.append(stack[index])
+        stack = torch.cat(neighbours, dim=1)
+    if mirror:
+        stack = torch.cat([stack, stack.flip(-1)], dim=1)
+    return stack
 
 
 def prepare(volume: Volume, cfg: Preprocessing) -> Prepared:
@@ -151,7 +165,7 @@ def prepare(volume: Volume, cfg: Preprocessing) -> Prepared:
                    volume.origin_mm[0] + (cx - cfg.crop[1] // 2) * tx)
     source = np.clip(np.rint((z_mm - volume.origin_mm[2]) / sz), 0, volume.shape[0] - 1)
     return Prepared(
-        slices=window_channels(crop_hu, cfg.windows, cfg.context_slices),
+        slices=window_channels(crop_hu, cfg.windows, cfg.context_slices, mirror=cfg.mirror),
         z_mm=z_mm.astype(np.float32),
         source_index=source.astype(np.int64),
         hu=crop_hu,

@@ -35,7 +35,7 @@ from models.detector import INTENDED_USE, ModelCard, sha256_file
 from models.evaluation import roc_auc, threshold_for_specificity
 from models.preprocess import Preprocessing, prepare, window_channels
 from models.slicenet import SliceNet, aggregate
-from models.synthetic.generate import generate
+from models.synthetic.generate import GENERATOR_REVISION, generate
 from models.synthetic.sampling import sample_case
 from models.synthetic.spec import Region
 
@@ -84,9 +84,11 @@ def slice_labels(case_positive: np.ndarray, case_z: np.ndarray, target_z: np.nda
 
 
 def cache_folder(root: Path, definition: Definition) -> Path:
-    """Where ``definition``'s prepared studies live under ``root``: one folder per detector and
-    preprocessing, so an experiment with other pixels or crop never reads another's cache."""
-    prep = json.dumps(definition.preprocessing.to_json(), sort_keys=True)
+    """Where ``definition``'s prepared studies live under ``root``: one folder per detector,
+    sampling (pixels, crop, centring) and generator revision, so an experiment never reads
+    studies prepared another way; windows and mirroring apply at training time."""
+    prep = json.dumps({**definition.preprocessing.sampling_json(),
+                       "generator": GENERATOR_REVISION}, sort_keys=True)
     digest = hashlib.sha256(prep.encode()).hexdigest()[:8]
     return root / f"{definition.name}-{digest}"
 
@@ -222,6 +224,8 @@ class SliceSampler:
             flip = self.rng.random() < 0.5
             if flip:
                 block = block[:, :, ::-1]  # left-right: findings occur on both sides
+            if self.cfg.mirror:  # mirrored about the crop's centre, before the shift moves it
+                block = np.concatenate([block, block[:, :, ::-1]])
             dy, dx = self.rng.integers(-8, 9, 2)
             block = np.roll(block, (int(dy), int(dx)), axis=(1, 2))
             block = block + np.float32(self.rng.normal(0, 2.0))
@@ -230,9 +234,10 @@ class SliceSampler:
                 maps.append(self._cells(study, slice_index, positive, grid=grid,
                                         shape=(block.shape[1], block.shape[2]), flip=flip,
                                         shift=(int(dy), int(dx))))
-        hu_t = torch.from_numpy(np.stack(stacks))  # (B, 2k+1, H, W)
+        hu_t = torch.from_numpy(np.stack(stacks))  # (B, 2k+1, H, W), twice that mirrored
         b, n, h, w = hu_t.shape
-        # window each neighbour and order channels as prepare() does: neighbour-major
+        # window each neighbour and order channels as prepare() does: neighbour-major, the
+        # mirrored neighbours after the others
         windowed = window_channels(hu_t.reshape(b * n, h, w), self.cfg.windows, 0)
         windowed = windowed.reshape(b, n * len(self.cfg.windows), h, w)
         target = torch.tensor([float(p) for _, _, p in items])
@@ -280,7 +285,7 @@ def study_scores(net: SliceNet, studies: Sequence[CachedStudy], cfg: Preprocessi
     with torch.inference_mode():
         for study in studies:
             hu = torch.from_numpy(study.hu.astype(np.float32))
-            slices = window_channels(hu, cfg.windows, cfg.context_slices)
+            slices = window_channels(hu, cfg.windows, cfg.context_slices, mirror=cfg.mirror)
             probs = []
             for start in range(0, slices.shape[0], 64):
                 logits, _ = net(slices[start : start + 64].to(device))
@@ -406,7 +411,8 @@ def train(
         threshold=threshold,
         weights_sha256=sha256_file(weights),
         training={
-            "data": (f"synthetic phantoms from models.synthetic, seeds {train_seeds[0]}-"
+            "data": (f"synthetic phantoms from models.synthetic (generator revision "
+                     f"{GENERATOR_REVISION}), seeds {train_seeds[0]}-"
                      f"{train_seeds[-1]} ({len(train_set)} studies); validation seeds "
                      f"{val_seeds[0]}-{val_seeds[-1]} ({len(val_set)} studies)"),
             "positives_train": int(sum(s.label for s in train_set)),

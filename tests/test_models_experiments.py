@@ -260,3 +260,55 @@ def test_validation_auc_by_subtype_ranks_each_subtype_against_all_negatives() ->
     out = auc_by_subtype(studies, scores)
     assert out == {"body": {"positives": 2, "auc": 1.0},
                    "posterior": {"positives": 1, "auc": 0.5}}
+
+
+def test_mirrored_channels_are_the_first_half_flipped_in_training_and_inference() -> None:
+    from models import cspine_fracture
+    from models.preprocess import window_channels
+
+    d = cspine_fracture.DEFINITION
+    assert parser().parse_args(["train", "cspine_fracture", "--mirror"]).mirror is True
+    assert parser().parse_args(["train", "cspine_fracture"]).mirror is False
+    cfg = _with_pixels(d.preprocessing, mirror=True)
+    assert cfg.channels == 2 * d.preprocessing.channels
+    assert cfg.to_json()["mirror"] is True
+    assert "mirror" not in d.preprocessing.to_json()  # cards written before it read the same
+    assert type(cfg).from_json(cfg.to_json()) == cfg
+    rng = np.random.default_rng(3)
+    hu = torch.from_numpy(rng.normal(300, 400, (5, 32, 32)).astype(np.float32))
+    # inference: the mirrored half follows, in the same neighbour-major order
+    x = window_channels(hu, cfg.windows, cfg.context_slices, mirror=True)
+    half = d.preprocessing.channels
+    assert x.shape == (5, cfg.channels, 32, 32)
+    assert torch.equal(x[:, :half], window_channels(hu, cfg.windows, cfg.context_slices))
+    assert torch.equal(x[:, half:], x[:, :half].flip(-1))
+    # training: mirrored about the crop's centre before the random shift, so flipping the
+    # mirrored half back gives the first half moved by twice the horizontal shift
+    study = CachedStudy(case_id="c", hu=hu.numpy().astype(np.int16), positive=np.ones(5, bool),
+                        label=True, labels={})
+    sampler = SliceSampler([study], cfg, negative_ratio=0.0, rng=np.random.default_rng(1))
+    batch, _, _ = sampler.tensors([(0, 2, True)] * 6)
+    assert batch.shape == (6, cfg.channels, 32, 32)
+    moved = []
+    for sample in batch:
+        first, back = sample[:half], sample[half:].flip(-1)
+        shifts = [s for s in range(-16, 17, 2)
+                  if torch.allclose(torch.roll(back, s, dims=-1), first)]
+        assert shifts
+        moved.append(0 not in shifts)
+    assert any(moved)  # mirrored after the shift, the two would always line up unmoved
+
+
+def test_the_cache_follows_sampling_and_generator_not_windows() -> None:
+    from models import cspine_fracture
+    from models.synthetic.generate import GENERATOR_REVISION
+
+    d = cspine_fracture.DEFINITION
+    root = Path("cache")
+    same = [dataclasses.replace(d, preprocessing=dataclasses.replace(d.preprocessing, **c))
+            for c in ({"mirror": True}, {"windows": ((40.0, 80.0),)}, {"context_slices": 2})]
+    assert {cache_folder(root, x) for x in same} == {cache_folder(root, d)}
+    moved = dataclasses.replace(d, preprocessing=dataclasses.replace(
+        d.preprocessing, center_on="body"))
+    assert cache_folder(root, moved) != cache_folder(root, d)
+    assert GENERATOR_REVISION >= 2

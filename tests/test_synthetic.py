@@ -13,7 +13,7 @@ from pydicom import dcmread
 
 from models.synthetic.generate import generate, write_case
 from models.synthetic.sampling import sample_case
-from models.synthetic.spec import Region
+from models.synthetic.spec import Fracture, FractureKind, Region, Side
 from models.volume import load_series
 
 
@@ -102,6 +102,41 @@ def test_every_fracture_and_hemorrhage_is_visible_in_its_label() -> None:
         assert case.finding == "fracture"
         assert case.labels["findings"][0]["level"] in range(1, 8)
         assert case.slice_positive.any()
+
+
+def _fracture_case(seed: int, fracture: Fracture) -> tuple[object, object]:
+    """The phantom of ``seed`` with ``fracture`` and without it (same anatomy and noise)."""
+    normal = sample_case(seed, Region.CSPINE, finding="none", max_slices=48)
+    broken = dataclasses.replace(normal, findings=(fracture,))
+    return generate(broken), generate(normal)
+
+
+@pytest.mark.parametrize("fracture", [
+    Fracture(level=4, kind=FractureKind.POSTERIOR, side=Side.LEFT),
+    Fracture(level=6, kind=FractureKind.POSTERIOR, side=Side.RIGHT),
+    Fracture(level=5, kind=FractureKind.BODY),
+])
+def test_a_fracture_slice_is_labelled_only_where_its_gap_shows(fracture: Fracture) -> None:
+    # Undisplaced, so the only change is the lucent gap: a labelled slice must be darker
+    # than the same slice without the fracture over at least a few mm² (a margin around the
+    # plane used to label slices above and below a thin lamina where nothing showed).
+    for seed in (3, 4, 5):
+        case, normal = _fracture_case(seed, fracture)
+        assert case.slice_positive.any(), f"seed {seed}: {fracture} not visible anywhere"
+        pixel_mm2 = float(case.grid.x[1] - case.grid.x[0]) ** 2
+        darker = ((normal.hu - case.hu) > 60).sum(axis=(1, 2)) * pixel_mm2
+        assert (darker[case.slice_positive] >= 2.0).all(), (seed, darker.round(1).tolist(),
+                                                            case.slice_positive.tolist())
+        assert (darker[~case.slice_positive] < 40.0).all()
+
+
+def test_the_fracture_subtype_names_the_column_that_broke() -> None:
+    case, _ = _fracture_case(3, Fracture(level=2, kind=FractureKind.POSTERIOR))
+    finding = case.labels["findings"][0]
+    assert (finding["extra"]["part"], finding["subtype"]) == ("dens base", "body")
+    case, _ = _fracture_case(3, Fracture(level=5, kind=FractureKind.POSTERIOR))
+    assert case.labels["findings"][0]["subtype"] == "posterior"
+    assert case.labels["generator_revision"] >= 2
 
 
 def test_population_shift_overrides_apply() -> None:

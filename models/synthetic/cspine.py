@@ -683,6 +683,19 @@ def _mottle(cv: Canvas, rng: np.random.Generator) -> None:
     np.maximum(cv.hu, F32(-1000), out=cv.hu)
 
 
+ANTERIOR_PARTS = ("dens base", "anterior arch")  # outside C3–T1, what counts as "body"
+
+
+def _subtype(f: Fracture, where: str) -> str:
+    """The column that broke: a C2 fracture drawn for "posterior" breaks the dens, and a C1
+    ring break drawn for "body" may hit its posterior arch, so the part decides."""
+    if f.kind is FractureKind.COMPRESSION:
+        return f.kind.value
+    if where.endswith("body") or where in ANTERIOR_PARTS:
+        return FractureKind.BODY.value
+    return FractureKind.POSTERIOR.value
+
+
 def _labels(cv: Canvas, spec: CaseSpec, breaks: dict[int, Break]) -> list[FindingLabel]:
     """Measured fracture labels: mask volume, patient-coordinate bounding box, details."""
     grid, out = cv.grid, []
@@ -698,11 +711,12 @@ def _labels(cv: Canvas, spec: CaseSpec, breaks: dict[int, Break]) -> list[Findin
             xx = np.nonzero(mask.any(axis=(0, 1)))[0]
             bbox = (float(grid.x[xx[0]]), float(grid.x[xx[-1]]), float(grid.y[yy[0]]),
                     float(grid.y[yy[-1]]), float(grid.z[zz[0]]), float(grid.z[zz[-1]]))
+        where = breaks[i + 1].where
         out.append(FindingLabel(
-            kind="fracture", subtype=f.kind.value, volume_ml=count * grid.voxel_ml,
+            kind="fracture", subtype=_subtype(f, where), volume_ml=count * grid.voxel_ml,
             side=f.side.value if f.kind is FractureKind.POSTERIOR and f.level > 2 else None,
             level=f.level, bbox_mm=bbox,
             extra={"displacement_mm": f.displacement_mm, "compression": f.compression,
-                   "part": breaks[i + 1].where,
+                   "part": where,
                    "gap_mm": 0.0 if breaks[i + 1].wedge else round(breaks[i + 1].width, 2)}))
     return out

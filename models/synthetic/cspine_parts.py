@@ -28,6 +28,8 @@ TILE, TILE_MM = 32, 0.55  # periodic marrow texture: cells per side, mm per cell
 Slices = tuple[slice, slice, slice]
 Vec = Sequence[float] | Array
 Args = tuple[Any, ...]
+# a gap voxel is labelled where it lowered the bone by at least this much (noise SD is 5–40 HU)
+GAP_LABEL_DROP_HU = 100.0
 # skin outline of the neck: z, centre y, half width, half depth
 OUTLINE = ((-160, 10, 140, 90), (-110, 10, 105, 72), (-75, 10, 86, 66), (-55, 10, 66, 63),
            (-30, 10, 57, 61), (0, 10, 55, 60), (18, 4, 56, 66), (34, -4, 60, 77),
@@ -332,7 +334,7 @@ class Break:
     n: Array  # plane normal; the fragment on the + side moves
     width: float = 1.5
     hu: float = 40.0  # haematoma in the gap
-    margin: float = 1.5  # label margin around the gap
+    margin: float = 1.5  # label margin around a compressed body (a gap labels what it cut)
     shift: Array = field(default_factory=lambda: np.zeros(3))  # displacement (in the plane)
     reach: float = 1e6  # in-plane extent of the line from p0
     decay: float = 0.0  # > 0: displacement fades with distance from p0 (mm)
@@ -454,9 +456,8 @@ def _cut(cv: Canvas, sl: Slices, br: Break, arrays: tuple[Array, ...]) -> None:
     """Lucent gap (not corticated) and lesion label of one break."""
     s, target, u, v, w = arrays
     lesion = cv.lesion[sl]
-    margin = F32(br.margin)
     if br.wedge is not None:
-        lesion[target < margin] = br.label
+        lesion[target < F32(br.margin)] = br.label
         return
     gap = np.abs(s) - F32(br.width / 2)
     if br.reach < 1e5:
@@ -467,8 +468,11 @@ def _cut(cv: Canvas, sl: Slices, br: Break, arrays: tuple[Array, ...]) -> None:
     occ = np.clip(F32(0.5) - gap * F32(1 / cv.pix), 0, 1)
     occ *= np.clip(F32(0.5) - target * F32(1 / cv.pix), 0, 1)
     hu = cv.hu[sl]
-    hu += occ * (F32(br.hu) - hu)
-    lesion[(gap < margin) & (target < margin)] = br.label
+    change = occ * (F32(br.hu) - hu)
+    hu += change
+    # the label is the bone the gap replaced, not a margin around the plane: where the gap
+    # barely grazes the bone (or misses it), nothing shows on the image and nothing is labelled
+    lesion[change <= F32(-GAP_LABEL_DROP_HU)] = br.label
 
 
 def make_tile(rng: np.random.Generator) -> Array:

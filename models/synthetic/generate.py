@@ -33,6 +33,11 @@ from models.volume import HU_MAX, HU_MIN, Volume
 #: A slice counts as showing a finding when the finding covers at least this area in it.
 MIN_SLICE_AREA_MM2 = 4.0
 
+#: Bumped whenever a change makes the same seed give other images or labels, so prepared
+#: training caches and evaluation figures can say which phantoms they came from.
+#: 2: a fracture gap is labelled where it replaced bone, not over a margin around its plane.
+GENERATOR_REVISION = 2
+
 LABEL_COLUMNS = (
     "case_id", "study_instance_uid", "region", "finding", "subtype", "volume_ml", "side",
     "level", "manufacturer", "kernel", "kvp", "slice_thickness_mm", "age", "sex", "seed", "path",
@@ -132,6 +137,7 @@ def generate(spec: CaseSpec) -> Case:
         "confounders": dataclasses.asdict(spec.confounders),
         "noise_sd_hu": round(scanned.noise_sd_hu, 2),
         "synthetic": True,
+        "generator_revision": GENERATOR_REVISION,
     }
     return Case(spec=spec, hu=hu, spacing_mm=(acq.spacing_mm, grid.pixel_mm, grid.pixel_mm),
                 labels=labels, slice_positive=positive, grid=grid)
