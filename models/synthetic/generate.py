@@ -35,7 +35,8 @@ MIN_SLICE_AREA_MM2 = 4.0
 
 #: Bumped whenever a change makes the same seed give other images or labels, so prepared
 #: training caches and evaluation figures can say which phantoms they came from.
-#: 2: a fracture gap is labelled where it replaced bone, not over a margin around its plane.
+#: 2: a fracture gap is labelled where it replaced bone, not over a margin around its plane;
+#:    a fracture's subtype follows the part that broke (a dens break is "body").
 GENERATOR_REVISION = 2
 
 LABEL_COLUMNS = (
