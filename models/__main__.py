@@ -96,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.mirror:
         prep["mirror"] = True
     if prep:
-        defs = [dataclasses.replace(d, preprocessing=_with_pixels(d.preprocessing, **prep))
+        defs = [dataclasses.replace(d, preprocessing=_with_preprocessing(d.preprocessing,
+                                                                         **prep))
                 for d in defs]
     train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
     val_seeds = list(range(training.VALIDATION_SEEDS, training.VALIDATION_SEEDS + args.val_cases))
@@ -118,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_pixels(cfg: Preprocessing, *, pixel_mm: float | None = None,
+def _with_preprocessing(cfg: Preprocessing, *, pixel_mm: float | None = None,
                  crop: tuple[int, int] | None = None, mirror: bool = False) -> Preprocessing:
     """``cfg`` (a Preprocessing) with other in-plane pixels, crop and/or mirrored channels."""
     z, y, x = cfg.target_spacing_mm

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import models
-from models.__main__ import _with_pixels, parser
+from models.__main__ import _with_preprocessing, parser
 from models.slicenet import DEFAULT_NETWORK, SliceNet
 from models.synthetic.generate import generate
 from models.synthetic.sampling import sample_case
@@ -234,12 +234,13 @@ def test_pixels_and_crop_change_only_the_in_plane_sampling_and_get_their_own_cac
     args = parser().parse_args(["train", "cspine_fracture", "--pixel-mm", "0.6", "--crop", "160"])
     assert (args.pixel_mm, args.crop) == (0.6, 160)
     assert parser().parse_args(["train", "cspine_fracture"]).pixel_mm is None
-    zoomed = _with_pixels(d.preprocessing, pixel_mm=args.pixel_mm, crop=(args.crop, args.crop))
+    zoomed = _with_preprocessing(d.preprocessing, pixel_mm=args.pixel_mm,
+                                 crop=(args.crop, args.crop))
     assert zoomed.target_spacing_mm == (d.preprocessing.target_spacing_mm[0], 0.6, 0.6)
     assert zoomed.crop == (160, 160)
     assert (zoomed.windows, zoomed.context_slices, zoomed.center_on) == (
         d.preprocessing.windows, d.preprocessing.context_slices, d.preprocessing.center_on)
-    assert _with_pixels(d.preprocessing) == d.preprocessing
+    assert _with_preprocessing(d.preprocessing) == d.preprocessing
     # an experiment never reads studies prepared another way (same name, other pixels)
     root = Path("cache")
     other = dataclasses.replace(d, preprocessing=zoomed)
@@ -269,7 +270,7 @@ def test_mirrored_channels_are_the_first_half_flipped_in_training_and_inference(
     d = cspine_fracture.DEFINITION
     assert parser().parse_args(["train", "cspine_fracture", "--mirror"]).mirror is True
     assert parser().parse_args(["train", "cspine_fracture"]).mirror is False
-    cfg = _with_pixels(d.preprocessing, mirror=True)
+    cfg = _with_preprocessing(d.preprocessing, mirror=True)
     assert cfg.channels == 2 * d.preprocessing.channels
     assert cfg.to_json()["mirror"] is True
     assert "mirror" not in d.preprocessing.to_json()  # cards written before it read the same

@@ -11,7 +11,7 @@ import pydicom.config
 import pytest
 from pydicom import dcmread
 
-from models.synthetic.generate import generate, write_case
+from models.synthetic.generate import Case, generate, write_case
 from models.synthetic.sampling import sample_case
 from models.synthetic.spec import Fracture, FractureKind, Region, Side
 from models.volume import load_series
@@ -104,7 +104,7 @@ def test_every_fracture_and_hemorrhage_is_visible_in_its_label() -> None:
         assert case.slice_positive.any()
 
 
-def _fracture_case(seed: int, fracture: Fracture) -> tuple[object, object]:
+def _fracture_case(seed: int, fracture: Fracture) -> tuple[Case, Case]:
     """The phantom of ``seed`` with ``fracture`` and without it (same anatomy and noise)."""
     normal = sample_case(seed, Region.CSPINE, finding="none", max_slices=48)
     broken = dataclasses.replace(normal, findings=(fracture,))
