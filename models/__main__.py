@@ -22,6 +22,7 @@ import models
 from models.definition import Definition
 from models.preprocess import Preprocessing
 from models.synthetic.generate import GENERATOR_REVISION
+from models.synthetic.sampling import subtypes
 
 logger = logging.getLogger("models")
 
@@ -101,14 +102,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                 for d in defs]
     train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
     val_seeds = list(range(training.VALIDATION_SEEDS, training.VALIDATION_SEEDS + args.val_cases))
+    extra = _extra_seeds(args.extra or [], defs, start=training.TRAIN_SEEDS + args.train_cases)
     for region in {d.region for d in defs}:
         group = [d for d in defs if d.region is region]
-        training.build_cache(group, train_seeds + val_seeds, args.cache, workers=args.workers,
+        added = [s for v in extra.values() for s in v]
+        training.build_cache(group, train_seeds + added + val_seeds, args.cache,
+                             workers=args.workers,
                              progress=progress_printer(f"generating {region.value} studies"))
     for d in defs:
         result = training.train(
             d, args.cache, train_seeds=train_seeds, val_seeds=val_seeds,
-            out_folder=(args.out or models.MODELS_DIR) / d.name, epochs=args.epochs,
+            out_folder=(args.out or models.MODELS_DIR) / d.name, extra_seeds=extra,
+            epochs=args.epochs,
             batch=args.batch, lr=args.lr, negative_ratio=args.negative_ratio,
             balance=args.balance,
             device=args.device,
@@ -117,6 +122,27 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{result.threshold:.4f} (sensitivity {result.validation_sensitivity:.3f}, "
               f"specificity {result.validation_specificity:.3f}); card {result.card_path}")
     return 0
+
+
+def _extra_seeds(asked: list[str], defs: list[Definition], *, start: int
+                 ) -> dict[str, list[int]]:
+    """``--extra SUBTYPE=N`` → subtype → the first N seeds from ``start`` drawn with it."""
+    from models import training  # noqa: PLC0415 - torch-heavy, only for this command
+
+    if asked and len(defs) != 1:
+        raise SystemExit("--extra applies to one detector: name it instead of all")
+    out: dict[str, list[int]] = {}
+    for item in asked:
+        subtype, _, count = item.partition("=")
+        known = subtypes(defs[0].finding)
+        if subtype not in known or not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"--extra {item!r}: expected SUBTYPE=N with SUBTYPE one of "
+                             f"{', '.join(known)} and N a positive number")
+        out[subtype] = training.seeds_with_subtype(defs[0].region, subtype, int(count),
+                                                   start=start)
+        print(f"{defs[0].name}: {count} extra training studies with a {subtype} finding, "
+              f"seeds {out[subtype][0]}-{out[subtype][-1]}")
+    return out
 
 
 def _with_preprocessing(cfg: Preprocessing, *, pixel_mm: float | None = None,
@@ -374,6 +400,11 @@ def parser() -> argparse.ArgumentParser:
                         "network can compare the two sides (most posterior-element breaks "
                         "are one-sided; the normal gaps come in pairs); recorded in the card's "
                         "preprocessing (experiments)")
+    t.add_argument("--extra", action="append", metavar="SUBTYPE=N",
+                   help="also train on N studies drawn with a SUBTYPE finding (e.g. "
+                        "posterior=800 for the C-spine detector, subdural=300 for "
+                        "hemorrhage), from the training seeds after --train-cases; repeatable; "
+                        "recorded in the card's training data (experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cache", type=Path, default=Path("var/model-cache"),

@@ -19,7 +19,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ from models.evaluation import roc_auc, threshold_for_specificity
 from models.preprocess import Preprocessing, prepare, window_channels
 from models.slicenet import SliceNet, aggregate
 from models.synthetic.generate import GENERATOR_REVISION, generate
-from models.synthetic.sampling import sample_case
+from models.synthetic.sampling import drawn_subtype, sample_case
 from models.synthetic.spec import Region
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,23 @@ def slice_labels(case_positive: np.ndarray, case_z: np.ndarray, target_z: np.nda
         return np.zeros(target_z.shape[0], dtype=bool)
     pos_z = case_z[case_positive]
     return np.asarray(np.abs(target_z[:, None] - pos_z[None, :]).min(axis=1) <= half_width)
+
+
+def seeds_with_subtype(region: Region, subtype: str, count: int, *, start: int,
+                       stop: int = VALIDATION_SEEDS) -> list[int]:
+    """The first ``count`` seeds from ``start`` whose case is drawn with a ``subtype`` finding
+    (drawing a case is cheap; rendering it is not), to enrich a training set with a rare or
+    hard subtype.  Raises when fewer lie before ``stop``, so they never reach other ranges."""
+    found: list[int] = []
+    for seed in range(start, stop):
+        if len(found) == count:
+            break
+        if drawn_subtype(sample_case(seed, region)) == subtype:
+            found.append(seed)
+    if len(found) < count:
+        raise ValueError(f"only {len(found)} {region.value} cases with a {subtype} finding "
+                         f"among seeds {start}-{stop - 1}, {count} asked for")
+    return found
 
 
 def cache_folder(root: Path, definition: Definition) -> Path:
@@ -327,6 +344,7 @@ def train(
     train_seeds: Sequence[int],
     val_seeds: Sequence[int],
     out_folder: Path,
+    extra_seeds: Mapping[str, Sequence[int]] | None = None,
     epochs: int = 8,
     batch: int = 32,
     lr: float = 2e-3,
@@ -336,13 +354,18 @@ def train(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train ``definition`` on cached studies and write weights + metadata.json."""
+    """Train ``definition`` on cached studies and write weights + metadata.json.
+
+    ``extra_seeds`` (subtype → seeds, from :func:`seeds_with_subtype`) are trained on as
+    well, and named apart in the card: an enriched set is not the generator's prevalence."""
+    extra = {k: list(v) for k, v in (extra_seeds or {}).items() if v}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dev = torch.device(device)
     cfg = definition.preprocessing
     folder = cache_folder(cache_root, definition)
-    train_set = load_cache(folder, train_seeds, definition.region)
+    train_set = load_cache(folder, [*train_seeds, *(s for v in extra.values() for s in v)],
+                           definition.region)
     val_set = load_cache(folder, val_seeds, definition.region)
     balance = balance or definition.positive_balance
     sampler = SliceSampler(train_set, cfg, negative_ratio=negative_ratio, rng=rng,
@@ -413,9 +436,13 @@ def train(
         training={
             "data": (f"synthetic phantoms from models.synthetic (generator revision "
                      f"{GENERATOR_REVISION}), seeds {train_seeds[0]}-"
-                     f"{train_seeds[-1]} ({len(train_set)} studies); validation seeds "
-                     f"{val_seeds[0]}-{val_seeds[-1]} ({len(val_set)} studies)"),
+                     f"{train_seeds[-1]} ({len(train_seeds)} studies)"
+                     + "".join(f", plus {len(v)} drawn with a {k} finding from seeds "
+                               f"{v[0]}-{v[-1]}" for k, v in extra.items())
+                     + f"; validation seeds {val_seeds[0]}-{val_seeds[-1]} "
+                     f"({len(val_set)} studies)"),
             "positives_train": int(sum(s.label for s in train_set)),
+            **({"extra_studies": {k: len(v) for k, v in extra.items()}} if extra else {}),
             "epochs": epochs,
             "batch": batch,
             "learning_rate": lr,

@@ -187,7 +187,7 @@ def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices_and_trains_a_map_h
     from models.training import build_cache, cache_folder, load_cache, train
 
     definition = cspine_fracture.DEFINITION
-    seeds = [100_000, 100_001, 100_002]  # a posterior-element break and two normals
+    seeds = [100_000, 100_001, 100_002]  # a dens (C2 body) break and two normals
     build_cache([definition], seeds, tmp_path, workers=1)
     study = load_cache(cache_folder(tmp_path, definition), seeds, definition.region)[0]
     assert study.label and study.boxes.shape == (1, 6)
@@ -200,12 +200,43 @@ def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices_and_trains_a_map_h
 
     mapped = dataclasses.replace(definition, network={**definition.network, "head": "map"})
     logged: list[str] = []
-    result = train(mapped, tmp_path, train_seeds=seeds, val_seeds=seeds,
+    result = train(mapped, tmp_path, train_seeds=seeds[1:], val_seeds=seeds,
+                   extra_seeds={"body": seeds[:1]},  # as `--extra body=1` would add it
                    out_folder=tmp_path / "out" / definition.name, epochs=1, batch=8,
                    log=logged.append)
+    assert logged[0].startswith("cspine_fracture: 3 training studies (1 positive)")
     assert "boxes of 1 of 1 positive training studies, grid (8, 8)" in logged[1]
     assert np.isfinite(result.history[0]["loss"])
-    assert models.load(definition.name, root=tmp_path / "out").card.network["head"] == "map"
+    card = models.load(definition.name, root=tmp_path / "out").card
+    assert card.network["head"] == "map"
+    assert "seeds 100001-100002 (2 studies), plus 1 drawn with a body finding from seeds " \
+        "100000-100000;" in card.raw["training"]["data"]
+    assert card.raw["training"]["extra_studies"] == {"body": 1}
+
+
+def test_extra_studies_are_the_first_seeds_drawn_with_the_subtype() -> None:
+    from models.__main__ import _extra_seeds
+    from models.cspine_fracture import DEFINITION as CSPINE
+    from models.hemorrhage import DEFINITION as HEMORRHAGE
+    from models.synthetic.sampling import drawn_subtype
+
+    args = parser().parse_args(["train", "cspine_fracture", "--extra", "posterior=3",
+                                "--extra", "compression=2"])
+    extra = _extra_seeds(args.extra, [CSPINE], start=100_000)
+    assert [len(v) for v in extra.values()] == [3, 2]
+    for subtype, seeds in extra.items():
+        scanned = range(100_000, seeds[-1] + 1)
+        picked = [s for s in scanned if drawn_subtype(sample_case(s, Region.CSPINE)) == subtype]
+        assert picked == seeds  # the first ones, none skipped
+    assert parser().parse_args(["train", "cspine_fracture"]).extra is None
+    for bad in (["posterio=3"], ["posterior=0"], ["posterior"], ["subdural=3"]):
+        with pytest.raises(SystemExit, match="SUBTYPE=N"):
+            _extra_seeds(bad, [CSPINE], start=100_000)
+    with pytest.raises(SystemExit, match="one detector"):
+        _extra_seeds(["subdural=1"], [HEMORRHAGE, CSPINE], start=100_000)
+    from models.training import seeds_with_subtype
+    with pytest.raises(ValueError, match="only 0 cspine cases with a body finding"):
+        seeds_with_subtype(Region.CSPINE, "body", 1, start=100_001, stop=100_002)
 
 
 def test_the_map_head_scores_a_slice_by_its_hottest_cell() -> None:

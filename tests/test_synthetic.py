@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,8 @@ import pytest
 from pydicom import dcmread
 
 from models.synthetic.generate import Case, generate, write_case
-from models.synthetic.sampling import sample_case
-from models.synthetic.spec import Fracture, FractureKind, Region, Side
+from models.synthetic.sampling import drawn_subtype, sample_case, subtypes
+from models.synthetic.spec import CaseSpec, Fracture, FractureKind, Region, Side
 from models.volume import load_series
 
 
@@ -137,6 +138,41 @@ def test_the_fracture_subtype_names_the_column_that_broke() -> None:
     case, _ = _fracture_case(3, Fracture(level=5, kind=FractureKind.POSTERIOR))
     assert case.labels["findings"][0]["subtype"] == "posterior"
     assert case.labels["generator_revision"] >= 2
+
+
+def _first_drawn(region: Region, want: Callable[[CaseSpec], bool]) -> int:
+    return next(s for s in range(300_000, 310_000) if want(sample_case(s, region)))
+
+
+def test_the_subtype_known_before_rendering_is_the_one_the_labels_give() -> None:
+    def fracture(level: range, kind: FractureKind) -> Callable[[CaseSpec], bool]:
+        def want(spec: CaseSpec) -> bool:
+            f = spec.findings[0] if spec.findings else None
+            return isinstance(f, Fracture) and f.level in level and f.kind is kind
+        return want
+
+    picks: dict[str, tuple[Region, Callable[[CaseSpec], bool]]] = {
+        "posterior C3-C7": (Region.CSPINE, fracture(range(3, 8), FractureKind.POSTERIOR)),
+        "posterior C2 (the dens)": (Region.CSPINE, fracture(range(2, 3), FractureKind.POSTERIOR)),
+        "body": (Region.CSPINE, fracture(range(3, 8), FractureKind.BODY)),
+        "compression": (Region.CSPINE, fracture(range(1, 8), FractureKind.COMPRESSION)),
+        "subdural": (Region.HEAD, lambda spec: drawn_subtype(spec) == "subdural"),
+    }
+    seen = set()
+    for what, (region, want) in picks.items():
+        spec = sample_case(_first_drawn(region, want), region, max_slices=24)
+        drawn = drawn_subtype(spec)
+        assert drawn is not None, what
+        assert generate(spec).labels["findings"][0]["subtype"] == drawn, what
+        seen.add(drawn)
+    assert seen == {"posterior", "body", "compression", "subdural"}
+    c1 = sample_case(_first_drawn(Region.CSPINE, fracture(range(1, 2), FractureKind.BODY)),
+                     Region.CSPINE)
+    assert drawn_subtype(c1) is None  # the renderer picks the arch of a C1 break
+    assert drawn_subtype(sample_case(1, Region.HEAD, finding="none")) is None
+    assert "posterior" in subtypes("fracture") and "subdural" in subtypes("hemorrhage")
+    with pytest.raises(ValueError, match="finding"):
+        subtypes("tumour")
 
 
 def test_population_shift_overrides_apply() -> None:

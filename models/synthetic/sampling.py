@@ -93,6 +93,35 @@ def sample_fracture(rng: np.random.Generator) -> Fracture:
     )
 
 
+def subtypes(finding: str) -> tuple[str, ...]:
+    """The subtypes the labels give a ``finding`` ("hemorrhage", "stroke" or "fracture")."""
+    kinds: dict[str, Any] = {"hemorrhage": HemorrhageSubtype, "stroke": Territory,
+                             "fracture": FractureKind}
+    if finding not in kinds:
+        raise ValueError(f"unknown finding {finding!r}")
+    return tuple(k.value for k in kinds[finding])
+
+
+def drawn_subtype(spec: CaseSpec) -> str | None:
+    """The subtype the labels will give ``spec``'s finding, known without rendering it: None
+    for a normal case and for a C1 fracture, whose arch the renderer picks.  A C2 fracture
+    drawn as posterior breaks the dens, so it counts as body (as ``cspine._subtype`` says)."""
+    if not spec.findings:
+        return None
+    f = spec.findings[0]
+    if isinstance(f, Hemorrhage):
+        return f.subtype.value
+    if isinstance(f, Stroke):
+        return f.territory.value
+    if isinstance(f, Fracture):
+        if f.kind is FractureKind.COMPRESSION:
+            return f.kind.value
+        if f.level <= 1:
+            return None
+        return FractureKind.BODY.value if f.level == 2 else f.kind.value
+    return None
+
+
 def sample_confounders(rng: np.random.Generator, region: Region, age: int) -> Confounders:
     old = np.clip((age - 30) / 50, 0.0, 1.0)
     return Confounders(
