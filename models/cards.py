@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from models.detector import ModelCard
@@ -100,6 +101,23 @@ def record_operating_point(card: ModelCard, threshold: float, metrics: dict[str,
         data["performance"] = {**data["performance"], "stale": True}
     _save(card, data)
     return version
+
+
+def train_command(name: str, train: dict[str, Any]) -> str:
+    """The ``triage models train`` line that redoes the training a card records: its study
+    counts (from the training data line), epochs, balance, negative ratio and extra studies."""
+    parts = [f"triage models train {name}"]
+    counts = [int(n) for n in re.findall(r"\((\d+) studies\)", str(train.get("data", "")))]
+    if len(counts) == 2:
+        parts.append(f"--train-cases {counts[0]} --val-cases {counts[1]}")
+    if "epochs" in train:
+        parts.append(f"--epochs {train['epochs']}")
+    if train.get("positive_balance"):
+        parts.append(f"--balance {train['positive_balance']}")
+    if train.get("negative_ratio", 2.0) != 2.0:
+        parts.append(f"--negative-ratio {train['negative_ratio']:g}")
+    parts += [f"--extra {k}={v}" for k, v in train.get("extra_studies", {}).items()]
+    return " ".join(parts)
 
 
 def write_readme(card: ModelCard) -> None:
@@ -238,7 +256,7 @@ def write_readme(card: ModelCard) -> None:
         "",
         "## Reproduce or adapt",
         "```",
-        f"triage models train {card.name}            # regenerates data, trains, writes weights",
+        f"{train_command(card.name, train)}   # regenerates data, retrains these weights",
         f"triage models eval {card.name} --update-card   # held-out synthetic seeds",
         f"triage models eval {card.name} --data SITE_DICOM/ --labels labels.csv",
         f"triage models calibrate-threshold {card.name} --data SITE_DICOM/ --labels labels.csv"

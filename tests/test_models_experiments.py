@@ -214,6 +214,25 @@ def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices_and_trains_a_map_h
     assert card.raw["training"]["extra_studies"] == {"body": 1}
 
 
+def test_the_card_says_how_to_retrain_its_weights() -> None:
+    from models.cards import train_command
+
+    train = {"data": "synthetic phantoms from models.synthetic (generator revision 2), seeds "
+                     "100000-101499 (1500 studies), plus 1600 drawn with a posterior finding "
+                     "from seeds 101506-115790; validation seeds 500000-500299 (300 studies)",
+             "epochs": 14, "positive_balance": "slice", "negative_ratio": 3.0,
+             "extra_studies": {"posterior": 1600}}
+    line = train_command("cspine_fracture", train)
+    assert line == ("triage models train cspine_fracture --train-cases 1500 --val-cases 300 "
+                    "--epochs 14 --balance slice --negative-ratio 3 --extra posterior=1600")
+    args = parser().parse_args(line.split()[2:])
+    assert (args.train_cases, args.val_cases, args.epochs, args.extra) == (
+        1500, 300, 14, ["posterior=1600"])
+    for name in models.DETECTORS:  # every bundled card gives its own recipe
+        card = models.card(name)
+        assert train_command(name, card.raw["training"]) in (card.folder / "README.md").read_text()
+
+
 def test_extra_studies_are_the_first_seeds_drawn_with_the_subtype() -> None:
     from models.__main__ import _extra_seeds
     from models.cspine_fracture import DEFINITION as CSPINE
