@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from typing import Any
 
 from models.detector import ModelCard
@@ -105,11 +104,12 @@ def record_operating_point(card: ModelCard, threshold: float, metrics: dict[str,
 
 def train_command(name: str, train: dict[str, Any]) -> str:
     """The ``triage models train`` line that redoes the training a card records: its study
-    counts (from the training data line), epochs, balance, negative ratio and extra studies."""
+    counts, epochs, balance, negative ratio and extra studies (the network and sampling are
+    the detector's definition)."""
     parts = [f"triage models train {name}"]
-    counts = [int(n) for n in re.findall(r"\((\d+) studies\)", str(train.get("data", "")))]
-    if len(counts) == 2:
-        parts.append(f"--train-cases {counts[0]} --val-cases {counts[1]}")
+    if "train_cases" in train and "validation_cases" in train:
+        parts.append(f"--train-cases {train['train_cases']} "
+                     f"--val-cases {train['validation_cases']}")
     if "epochs" in train:
         parts.append(f"--epochs {train['epochs']}")
     if train.get("positive_balance"):
@@ -256,7 +256,7 @@ def write_readme(card: ModelCard) -> None:
         "",
         "## Reproduce or adapt",
         "```",
-        f"{train_command(card.name, train)}   # regenerates data, retrains these weights",
+        f"{train_command(card.name, train)}   # regenerates data, retrains the same way",
         f"triage models eval {card.name} --update-card   # held-out synthetic seeds",
         f"triage models eval {card.name} --data SITE_DICOM/ --labels labels.csv",
         f"triage models calibrate-threshold {card.name} --data SITE_DICOM/ --labels labels.csv"

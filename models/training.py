@@ -441,6 +441,8 @@ def train(
                                f"{v[0]}-{v[-1]}" for k, v in extra.items())
                      + f"; validation seeds {val_seeds[0]}-{val_seeds[-1]} "
                      f"({len(val_set)} studies)"),
+            "train_cases": len(train_seeds),
+            "validation_cases": len(val_seeds),
             "positives_train": int(sum(s.label for s in train_set)),
             **({"extra_studies": {k: len(v) for k, v in extra.items()}} if extra else {}),
             "epochs": epochs,

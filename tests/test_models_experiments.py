@@ -212,6 +212,7 @@ def test_a_cached_fracture_box_lies_on_the_bone_of_its_slices_and_trains_a_map_h
     assert "seeds 100001-100002 (2 studies), plus 1 drawn with a body finding from seeds " \
         "100000-100000;" in card.raw["training"]["data"]
     assert card.raw["training"]["extra_studies"] == {"body": 1}
+    assert (card.raw["training"]["train_cases"], card.raw["training"]["validation_cases"]) == (2, 3)
 
 
 def test_the_card_says_how_to_retrain_its_weights() -> None:
@@ -220,6 +221,7 @@ def test_the_card_says_how_to_retrain_its_weights() -> None:
     train = {"data": "synthetic phantoms from models.synthetic (generator revision 2), seeds "
                      "100000-101499 (1500 studies), plus 1600 drawn with a posterior finding "
                      "from seeds 101506-115790; validation seeds 500000-500299 (300 studies)",
+             "train_cases": 1500, "validation_cases": 300,
              "epochs": 14, "positive_balance": "slice", "negative_ratio": 3.0,
              "extra_studies": {"posterior": 1600}}
     line = train_command("cspine_fracture", train)
