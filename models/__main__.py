@@ -103,9 +103,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
     val_seeds = list(range(training.VALIDATION_SEEDS, training.VALIDATION_SEEDS + args.val_cases))
     extra = _extra_seeds(args.extra or [], defs, start=training.TRAIN_SEEDS + args.train_cases)
+    added = [s for v in extra.values() for s in v]
     for region in {d.region for d in defs}:
         group = [d for d in defs if d.region is region]
-        added = [s for v in extra.values() for s in v]
         training.build_cache(group, train_seeds + added + val_seeds, args.cache,
                              workers=args.workers,
                              progress=progress_printer(f"generating {region.value} studies"))
