@@ -22,7 +22,7 @@ import models
 from models.definition import Definition
 from models.preprocess import Preprocessing
 from models.synthetic.generate import GENERATOR_REVISION
-from models.synthetic.sampling import subtypes
+from models.synthetic.sampling import extra_keys
 
 logger = logging.getLogger("models")
 
@@ -126,22 +126,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _extra_seeds(asked: list[str], defs: list[Definition], *, start: int
                  ) -> dict[str, list[int]]:
-    """``--extra SUBTYPE=N`` → subtype → the first N seeds from ``start`` drawn with it."""
+    """``--extra KEY=N`` → key → the first N seeds from ``start`` drawn with a KEY finding (a
+    subtype, or a level for fractures), none picked twice."""
     from models import training  # noqa: PLC0415 - torch-heavy, only for this command
 
     if asked and len(defs) != 1:
         raise SystemExit("--extra applies to one detector: name it instead of all")
     out: dict[str, list[int]] = {}
     for item in asked:
-        subtype, _, count = item.partition("=")
-        known = subtypes(defs[0].finding)
-        if subtype not in known or not count.isdigit() or int(count) < 1:
-            raise SystemExit(f"--extra {item!r}: expected SUBTYPE=N with SUBTYPE one of "
-                             f"{', '.join(known)} and N a positive number")
-        out[subtype] = training.seeds_with_subtype(defs[0].region, subtype, int(count),
-                                                   start=start)
-        print(f"{defs[0].name}: {count} extra training studies with a {subtype} finding, "
-              f"seeds {out[subtype][0]}-{out[subtype][-1]}")
+        key, _, count = item.partition("=")
+        known = extra_keys(defs[0].finding)
+        if key not in known or key in out or not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"--extra {item!r}: expected KEY=N with KEY one of "
+                             f"{', '.join(known)} (each once) and N a positive number")
+        taken = {s for v in out.values() for s in v}
+        out[key] = training.seeds_drawn_with(defs[0].region, key, int(count), start=start,
+                                             skip=taken)
+        print(f"{defs[0].name}: {count} extra training studies with a {key} finding, "
+              f"seeds {out[key][0]}-{out[key][-1]}")
     return out
 
 
@@ -400,11 +402,12 @@ def parser() -> argparse.ArgumentParser:
                         "network can compare the two sides (most posterior-element breaks "
                         "are one-sided; the normal gaps come in pairs); recorded in the card's "
                         "preprocessing (experiments)")
-    t.add_argument("--extra", action="append", metavar="SUBTYPE=N",
-                   help="also train on N studies drawn with a SUBTYPE finding (e.g. "
+    t.add_argument("--extra", action="append", metavar="KEY=N",
+                   help="also train on N studies drawn with a KEY finding: a subtype (e.g. "
                         "posterior=800 for the C-spine detector, subdural=300 for "
-                        "hemorrhage), from the training seeds after --train-cases; repeatable; "
-                        "recorded in the card's training data (experiments)")
+                        "hemorrhage) or a fracture level (C1=300); from the training seeds "
+                        "after --train-cases, none twice; repeatable; recorded in the card's "
+                        "training data (experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cache", type=Path, default=Path("var/model-cache"),

@@ -19,7 +19,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ from models.evaluation import roc_auc, threshold_for_specificity
 from models.preprocess import Preprocessing, prepare, window_channels
 from models.slicenet import SliceNet, aggregate
 from models.synthetic.generate import GENERATOR_REVISION, generate
-from models.synthetic.sampling import drawn_subtype, sample_case
+from models.synthetic.sampling import drawn_keys, sample_case
 from models.synthetic.spec import Region
 
 logger = logging.getLogger(__name__)
@@ -83,19 +83,20 @@ def slice_labels(case_positive: np.ndarray, case_z: np.ndarray, target_z: np.nda
     return np.asarray(np.abs(target_z[:, None] - pos_z[None, :]).min(axis=1) <= half_width)
 
 
-def seeds_with_subtype(region: Region, subtype: str, count: int, *, start: int,
-                       stop: int = VALIDATION_SEEDS) -> list[int]:
-    """The first ``count`` seeds from ``start`` whose case is drawn with a ``subtype`` finding
-    (drawing a case is cheap; rendering it is not), to enrich a training set with a rare or
-    hard subtype.  Raises when fewer lie before ``stop``, so they never reach other ranges."""
+def seeds_drawn_with(region: Region, key: str, count: int, *, start: int,
+                     stop: int = VALIDATION_SEEDS, skip: Collection[int] = ()) -> list[int]:
+    """The first ``count`` seeds from ``start`` (less those in ``skip``) whose case is drawn
+    with a ``key`` finding, a subtype or a level (``sampling.drawn_keys``; drawing a case is
+    cheap, rendering it is not), to enrich a training set with a rare or hard kind.  Raises
+    when fewer lie before ``stop``, so they never reach other ranges."""
     found: list[int] = []
     for seed in range(start, stop):
         if len(found) == count:
             break
-        if drawn_subtype(sample_case(seed, region)) == subtype:
+        if seed not in skip and key in drawn_keys(sample_case(seed, region)):
             found.append(seed)
     if len(found) < count:
-        raise ValueError(f"only {len(found)} {region.value} cases with a {subtype} finding "
+        raise ValueError(f"only {len(found)} {region.value} cases with a {key} finding "
                          f"among seeds {start}-{stop - 1}, {count} asked for")
     return found
 
@@ -356,7 +357,7 @@ def train(
 ) -> TrainResult:
     """Train ``definition`` on cached studies and write weights + metadata.json.
 
-    ``extra_seeds`` (subtype → seeds, from :func:`seeds_with_subtype`) are trained on as
+    ``extra_seeds`` (subtype or level → seeds, from :func:`seeds_drawn_with`) are trained on as
     well, and named apart in the card: an enriched set is not the generator's prevalence."""
     extra = {k: list(v) for k, v in (extra_seeds or {}).items() if v}
     torch.manual_seed(seed)

@@ -235,29 +235,38 @@ def test_the_card_says_how_to_retrain_its_weights() -> None:
         assert train_command(name, card.raw["training"]) in (card.folder / "README.md").read_text()
 
 
-def test_extra_studies_are_the_first_seeds_drawn_with_the_subtype() -> None:
+def test_extra_studies_are_the_first_seeds_drawn_with_the_subtype_or_level() -> None:
     from models.__main__ import _extra_seeds
     from models.cspine_fracture import DEFINITION as CSPINE
     from models.hemorrhage import DEFINITION as HEMORRHAGE
-    from models.synthetic.sampling import drawn_subtype
+    from models.synthetic.sampling import drawn_keys
 
     args = parser().parse_args(["train", "cspine_fracture", "--extra", "posterior=3",
-                                "--extra", "compression=2"])
+                                "--extra", "compression=2", "--extra", "C1=2"])
     extra = _extra_seeds(args.extra, [CSPINE], start=100_000)
-    assert [len(v) for v in extra.values()] == [3, 2]
-    for subtype, seeds in extra.items():
+    assert [len(v) for v in extra.values()] == [3, 2, 2]
+    for key, seeds in extra.items():
         scanned = range(100_000, seeds[-1] + 1)
-        picked = [s for s in scanned if drawn_subtype(sample_case(s, Region.CSPINE)) == subtype]
+        picked = [s for s in scanned if key in drawn_keys(sample_case(s, Region.CSPINE))]
         assert picked == seeds  # the first ones, none skipped
+    # a C2 break is a body break: a study asked for twice is picked once
+    both = _extra_seeds(["body=4", "C2=4"], [CSPINE], start=100_000)
+    assert not set(both["body"]) & set(both["C2"])
+    assert all("C2" in drawn_keys(sample_case(s, Region.CSPINE)) for s in both["C2"])
+    assert set(both["body"]) & {s for s in range(100_000, both["C2"][-1] + 1)
+                                if "C2" in drawn_keys(sample_case(s, Region.CSPINE))}
     assert parser().parse_args(["train", "cspine_fracture"]).extra is None
-    for bad in (["posterio=3"], ["posterior=0"], ["posterior"], ["subdural=3"]):
-        with pytest.raises(SystemExit, match="SUBTYPE=N"):
+    for bad in (["posterio=3"], ["posterior=0"], ["posterior"], ["subdural=3"], ["C8=1"],
+                ["C1=1", "C1=2"]):
+        with pytest.raises(SystemExit, match="KEY=N"):
             _extra_seeds(bad, [CSPINE], start=100_000)
+    with pytest.raises(SystemExit, match="KEY=N"):
+        _extra_seeds(["C1=1"], [HEMORRHAGE], start=100_000)  # levels are for fractures
     with pytest.raises(SystemExit, match="one detector"):
         _extra_seeds(["subdural=1"], [HEMORRHAGE, CSPINE], start=100_000)
-    from models.training import seeds_with_subtype
+    from models.training import seeds_drawn_with
     with pytest.raises(ValueError, match="only 0 cspine cases with a body finding"):
-        seeds_with_subtype(Region.CSPINE, "body", 1, start=100_001, stop=100_002)
+        seeds_drawn_with(Region.CSPINE, "body", 1, start=100_001, stop=100_002)
 
 
 def test_the_map_head_scores_a_slice_by_its_hottest_cell() -> None:

@@ -13,7 +13,13 @@ import pytest
 from pydicom import dcmread
 
 from models.synthetic.generate import Case, generate, write_case
-from models.synthetic.sampling import drawn_subtype, sample_case, subtypes
+from models.synthetic.sampling import (
+    drawn_keys,
+    drawn_subtype,
+    extra_keys,
+    sample_case,
+    subtypes,
+)
 from models.synthetic.spec import CaseSpec, Fracture, FractureKind, Region, Side
 from models.volume import load_series
 
@@ -163,13 +169,21 @@ def test_the_subtype_known_before_rendering_is_the_one_the_labels_give() -> None
         spec = sample_case(_first_drawn(region, want), region, max_slices=24)
         drawn = drawn_subtype(spec)
         assert drawn is not None, what
-        assert generate(spec).labels["findings"][0]["subtype"] == drawn, what
+        label = generate(spec).labels["findings"][0]
+        assert label["subtype"] == drawn, what
+        level = {f"C{label['level']}"} if label["level"] else set()
+        assert drawn_keys(spec) == {drawn} | level, what
         seen.add(drawn)
     assert seen == {"posterior", "body", "compression", "subdural"}
     c1 = sample_case(_first_drawn(Region.CSPINE, fracture(range(1, 2), FractureKind.BODY)),
                      Region.CSPINE)
     assert drawn_subtype(c1) is None  # the renderer picks the arch of a C1 break
-    assert drawn_subtype(sample_case(1, Region.HEAD, finding="none")) is None
+    assert drawn_keys(c1) == {"C1"}
+    assert generate(c1).labels["findings"][0]["level"] == 1
+    normal = sample_case(1, Region.HEAD, finding="none")
+    assert drawn_subtype(normal) is None and drawn_keys(normal) == set()
+    assert extra_keys("fracture")[-7:] == tuple(f"C{n}" for n in range(1, 8))
+    assert "C1" not in extra_keys("hemorrhage") and "subdural" in extra_keys("hemorrhage")
     assert "posterior" in subtypes("fracture") and "subdural" in subtypes("hemorrhage")
     with pytest.raises(ValueError, match="finding"):
         subtypes("tumour")

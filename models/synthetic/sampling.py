@@ -102,6 +102,23 @@ def subtypes(finding: str) -> tuple[str, ...]:
     return tuple(k.value for k in kinds[finding])
 
 
+def extra_keys(finding: str) -> tuple[str, ...]:
+    """What a ``finding``'s training set can be enriched with (``train --extra KEY=N``): its
+    subtypes and, for fractures, the levels "C1" … "C7"."""
+    levels = tuple(f"C{n}" for n in range(1, 8)) if finding == "fracture" else ()
+    return subtypes(finding) + levels
+
+
+def drawn_keys(spec: CaseSpec) -> frozenset[str]:
+    """The :func:`extra_keys` that ``spec``'s finding is drawn with: its subtype when known
+    before rendering (:func:`drawn_subtype`) and, for a fracture, its level ("C1" … "C7")."""
+    subtype = drawn_subtype(spec)
+    keys = {subtype} if subtype else set()
+    if spec.findings and isinstance(spec.findings[0], Fracture):
+        keys.add(f"C{spec.findings[0].level}")
+    return frozenset(keys)
+
+
 def drawn_subtype(spec: CaseSpec) -> str | None:
     """The subtype the labels will give ``spec``'s finding, known without rendering it: None
     for a normal case and for a C1 fracture, whose arch the renderer picks.  A C2 fracture
