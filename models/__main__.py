@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import models
+from models.cards import EVAL_CASES
 from models.definition import Definition
 from models.preprocess import Preprocessing
 from models.synthetic.generate import GENERATOR_REVISION
 from models.synthetic.sampling import extra_keys
+from models.training import TEST_SEEDS
 
 logger = logging.getLogger("models")
 
@@ -417,8 +419,10 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate on held-out synthetic data or a labelled folder")
     e.add_argument("name")
-    e.add_argument("--cases", type=int, default=600)
-    e.add_argument("--seed-base", type=int, default=900_000)
+    e.add_argument("--cases", type=int, default=EVAL_CASES,
+                   help="held-out synthetic studies (default %(default)s)")
+    e.add_argument("--seed-base", type=int, default=TEST_SEEDS,
+                   help="first held-out seed (default %(default)s)")
     e.add_argument("--data", type=Path, help="folder of DICOM studies from a site")
     e.add_argument("--labels", type=Path, help="CSV: study_instance_uid,finding[,subtype,...]")
     e.add_argument("--workers", type=int, default=2)

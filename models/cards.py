@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from models.detector import ModelCard
+from models.training import TEST_SEEDS
+
+EVAL_CASES = 600  # `triage models eval`'s held-out synthetic studies (from TEST_SEEDS), by default
 
 GOALS = {
     "hemorrhage": "AUC ≥ 0.98; sensitivity ≥ 0.95 at specificity ≥ 0.95; sensitivity ≥ 0.85 "
@@ -118,6 +122,20 @@ def train_command(name: str, train: dict[str, Any]) -> str:
         parts.append(f"--negative-ratio {train['negative_ratio']:g}")
     parts += [f"--extra {k}={v}" for k, v in train.get("extra_studies", {}).items()]
     return " ".join(parts)
+
+
+def eval_command(name: str, perf: dict[str, Any] | None) -> str:
+    """The ``triage models eval`` line that redoes a card's held-out evaluation: the seed
+    range its source names, as ``--cases``/``--seed-base`` where they are not the defaults."""
+    parts = [f"triage models eval {name}"]
+    seeds = re.search(r"held-out synthetic .*?seeds (\d+)-(\d+)", (perf or {}).get("source", ""))
+    if seeds:
+        first, last = int(seeds[1]), int(seeds[2])
+        if last - first + 1 != EVAL_CASES:
+            parts.append(f"--cases {last - first + 1}")
+        if first != TEST_SEEDS:
+            parts.append(f"--seed-base {first}")
+    return " ".join([*parts, "--update-card"])
 
 
 def write_readme(card: ModelCard) -> None:
@@ -257,7 +275,7 @@ def write_readme(card: ModelCard) -> None:
         "## Reproduce or adapt",
         "```",
         f"{train_command(card.name, train)}   # regenerates data, retrains the same way",
-        f"triage models eval {card.name} --update-card   # held-out synthetic seeds",
+        f"{eval_command(card.name, perf)}   # held-out synthetic seeds",
         f"triage models eval {card.name} --data SITE_DICOM/ --labels labels.csv",
         f"triage models calibrate-threshold {card.name} --data SITE_DICOM/ --labels labels.csv"
         "   # re-chooses the threshold",

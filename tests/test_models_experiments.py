@@ -235,6 +235,29 @@ def test_the_card_says_how_to_retrain_its_weights() -> None:
         assert train_command(name, card.raw["training"]) in (card.folder / "README.md").read_text()
 
 
+def test_the_card_says_how_to_redo_its_held_out_evaluation() -> None:
+    from models.cards import eval_command
+
+    def source(seeds: str) -> dict[str, str]:
+        return {"source": f"held-out synthetic phantoms (generator revision 2), seeds {seeds} "
+                          "(training used 100000+, validation 500000+)"}
+
+    assert eval_command("stroke", source("900000-900599")) == (
+        "triage models eval stroke --update-card")
+    line = eval_command("cspine_fracture", source("900000-901499"))
+    assert line == "triage models eval cspine_fracture --cases 1500 --update-card"
+    args = parser().parse_args(line.split()[2:])
+    assert (args.cases, args.seed_base, args.update_card) == (1500, 900_000, True)
+    assert eval_command("stroke", source("950000-950099")) == (
+        "triage models eval stroke --cases 100 --seed-base 950000 --update-card")
+    for perf in (None, {"source": "site data /data/site"}):  # not evaluated, or on a site's
+        assert eval_command("stroke", perf) == "triage models eval stroke --update-card"
+    for name in models.DETECTORS:  # every bundled card gives its own command
+        card = models.card(name)
+        assert (eval_command(name, card.raw.get("performance"))
+                in (card.folder / "README.md").read_text())
+
+
 def test_extra_studies_are_the_first_seeds_drawn_with_the_subtype_or_level() -> None:
     from models.__main__ import _extra_seeds
     from models.cspine_fracture import DEFINITION as CSPINE
