@@ -132,20 +132,22 @@ def _extra_seeds(asked: list[str], defs: list[Definition], *, start: int
     subtype, or a level for fractures), none picked twice."""
     from models import training  # noqa: PLC0415 - torch-heavy, only for this command
 
-    if asked and len(defs) != 1:
+    if not asked:
+        return {}
+    if len(defs) != 1:
         raise SystemExit("--extra applies to one detector: name it instead of all")
-    out: dict[str, list[int]] = {}
+    known = extra_keys(defs[0].finding)
+    counts: dict[str, int] = {}
     for item in asked:
         key, _, count = item.partition("=")
-        known = extra_keys(defs[0].finding)
-        if key not in known or key in out or not count.isdigit() or int(count) < 1:
+        if key not in known or key in counts or not count.isdigit() or int(count) < 1:
             raise SystemExit(f"--extra {item!r}: expected KEY=N with KEY one of "
                              f"{', '.join(known)} (each once) and N a positive number")
-        taken = {s for v in out.values() for s in v}
-        out[key] = training.seeds_drawn_with(defs[0].region, key, int(count), start=start,
-                                             skip=taken)
-        print(f"{defs[0].name}: {count} extra training studies with a {key} finding, "
-              f"seeds {out[key][0]}-{out[key][-1]}")
+        counts[key] = int(count)
+    out = training.seeds_drawn_with(defs[0].region, counts, start=start)
+    for key, seeds in out.items():
+        print(f"{defs[0].name}: {len(seeds)} extra training studies with a {key} finding, "
+              f"seeds {seeds[0]}-{seeds[-1]}")
     return out
 
 

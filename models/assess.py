@@ -20,7 +20,7 @@ from models.detector import Detector, ModelError, NotEligibleError
 from models.evaluation import StudyResult, plot_roc, report, roc_auc, roc_curve
 from models.inputs import AGE_UNITS_PER_YEAR, years_band
 from models.synthetic.generate import generate
-from models.synthetic.sampling import sample_case
+from models.synthetic.sampling import level_name, sample_case
 from models.synthetic.spec import Region
 from models.volume import Volume, VolumeError, find_series, load_series
 
@@ -68,7 +68,7 @@ def synthetic_attributes(labels: dict[str, Any], finding: str) -> tuple[bool, di
         attributes["subtype"] = str(first.get("subtype", ""))
         attributes["size_band"] = size_band(first.get("volume_ml"))
         if first.get("level"):
-            attributes["level"] = f"C{first['level']}"
+            attributes["level"] = level_name(first["level"])
     else:
         attributes["negative_kind"] = labels["finding"]
     return positive, attributes

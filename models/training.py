@@ -19,7 +19,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,21 +83,27 @@ def slice_labels(case_positive: np.ndarray, case_z: np.ndarray, target_z: np.nda
     return np.asarray(np.abs(target_z[:, None] - pos_z[None, :]).min(axis=1) <= half_width)
 
 
-def seeds_drawn_with(region: Region, key: str, count: int, *, start: int,
-                     stop: int = VALIDATION_SEEDS, skip: Collection[int] = ()) -> list[int]:
-    """The first ``count`` seeds from ``start`` (less those in ``skip``) whose case is drawn
-    with a ``key`` finding, a subtype or a level (``sampling.drawn_keys``; drawing a case is
-    cheap, rendering it is not), to enrich a training set with a rare or hard kind.  Raises
-    when fewer lie before ``stop``, so they never reach other ranges."""
-    found: list[int] = []
+def seeds_drawn_with(region: Region, counts: Mapping[str, int], *, start: int,
+                     stop: int = VALIDATION_SEEDS) -> dict[str, list[int]]:
+    """For each key of ``counts`` (a subtype or a level, ``sampling.drawn_keys``), the first
+    ``counts[key]`` seeds from ``start`` whose case is drawn with it, to enrich a training set
+    with a rare or hard kind.  One pass draws each case once (drawing is cheap, rendering is
+    not); a seed that fits several keys goes to the first, in ``counts``' order, that still
+    wants one, so none is picked twice.  Raises when fewer lie before ``stop``, so they never
+    reach other ranges."""
+    found: dict[str, list[int]] = {key: [] for key in counts}
     for seed in range(start, stop):
-        if len(found) == count:
+        wanting = [key for key in counts if len(found[key]) < counts[key]]
+        if not wanting:
             break
-        if seed not in skip and key in drawn_keys(sample_case(seed, region)):
-            found.append(seed)
-    if len(found) < count:
-        raise ValueError(f"only {len(found)} {region.value} cases with a {key} finding "
-                         f"among seeds {start}-{stop - 1}, {count} asked for")
+        drawn = drawn_keys(sample_case(seed, region))
+        key = next((k for k in wanting if k in drawn), None)
+        if key is not None:
+            found[key].append(seed)
+    for key, seeds in found.items():
+        if len(seeds) < counts[key]:
+            raise ValueError(f"only {len(seeds)} {region.value} cases with a {key} finding "
+                             f"among seeds {start}-{stop - 1}, {counts[key]} asked for")
     return found
 
 

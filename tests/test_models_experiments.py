@@ -289,7 +289,7 @@ def test_extra_studies_are_the_first_seeds_drawn_with_the_subtype_or_level() -> 
         _extra_seeds(["subdural=1"], [HEMORRHAGE, CSPINE], start=100_000)
     from models.training import seeds_drawn_with
     with pytest.raises(ValueError, match="only 0 cspine cases with a body finding"):
-        seeds_drawn_with(Region.CSPINE, "body", 1, start=100_001, stop=100_002)
+        seeds_drawn_with(Region.CSPINE, {"body": 1}, start=100_001, stop=100_002)
 
 
 def test_the_map_head_scores_a_slice_by_its_hottest_cell() -> None:

@@ -102,10 +102,15 @@ def subtypes(finding: str) -> tuple[str, ...]:
     return tuple(k.value for k in kinds[finding])
 
 
+def level_name(level: int) -> str:
+    """A cervical level's name ("C1" … "C7"): the ``--extra`` key and the evaluation stratum."""
+    return f"C{level}"
+
+
 def extra_keys(finding: str) -> tuple[str, ...]:
     """What a ``finding``'s training set can be enriched with (``train --extra KEY=N``): its
     subtypes and, for fractures, the levels "C1" … "C7"."""
-    levels = tuple(f"C{n}" for n in range(1, 8)) if finding == "fracture" else ()
+    levels = tuple(level_name(n) for n in range(1, 8)) if finding == "fracture" else ()
     return subtypes(finding) + levels
 
 
@@ -115,7 +120,7 @@ def drawn_keys(spec: CaseSpec) -> frozenset[str]:
     subtype = drawn_subtype(spec)
     keys = {subtype} if subtype else set()
     if spec.findings and isinstance(spec.findings[0], Fracture):
-        keys.add(f"C{spec.findings[0].level}")
+        keys.add(level_name(spec.findings[0].level))
     return frozenset(keys)
 
 
