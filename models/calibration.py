@@ -30,7 +30,6 @@ from models.volume import Volume
 
 REGION_OF = {"hemorrhage": Region.HEAD, "stroke": Region.HEAD, "cspine_fracture": Region.CSPINE}
 OTHER = {Region.HEAD: Region.CSPINE, Region.CSPINE: Region.HEAD}
-CHECK_SEEDS = 900_000
 
 #: Shifted variants of held-out studies that the gate should call out of distribution.
 SHIFTS: dict[str, Callable[[Volume], Volume]] = {
@@ -122,7 +121,7 @@ def calibrate(names: Sequence[str], *, fit_cases: int, calibration_cases: int,
 
     Writes each detector's ``weights/ood.npz`` and the ``ood`` section of its card.
     """
-    from models.training import TRAIN_SEEDS, VALIDATION_SEEDS  # noqa: PLC0415
+    from models.training import TEST_SEEDS, TRAIN_SEEDS, VALIDATION_SEEDS  # noqa: PLC0415
 
     summaries: dict[str, dict[str, Any]] = {}
     for region in sorted({REGION_OF[n] for n in names}, key=lambda r: r.value):
@@ -137,7 +136,7 @@ def calibrate(names: Sequence[str], *, fit_cases: int, calibration_cases: int,
         cal = _collect(group, region,
                        range(VALIDATION_SEEDS, VALIDATION_SEEDS + calibration_cases),
                        check=False, workers=workers, progress=prog("calibration"))
-        chk = _collect(group, region, range(CHECK_SEEDS, CHECK_SEEDS + check_cases),
+        chk = _collect(group, region, range(TEST_SEEDS, TEST_SEEDS + check_cases),
                        check=True, workers=workers, progress=prog("check"))
         for name in group:
             reference, summary = fit_reference(*_stack(fit[name], "plain"),
@@ -158,7 +157,7 @@ def calibrate(names: Sequence[str], *, fit_cases: int, calibration_cases: int,
                        f"{TRAIN_SEEDS + fit_cases - 1}",
                 "calibration": f"synthetic phantoms, validation seeds {VALIDATION_SEEDS}-"
                                f"{VALIDATION_SEEDS + calibration_cases - 1}",
-                "checks_on": f"held-out seeds {CHECK_SEEDS}-{CHECK_SEEDS + check_cases - 1}",
+                "checks_on": f"held-out seeds {TEST_SEEDS}-{TEST_SEEDS + check_cases - 1}",
                 **summary,
                 "checks": checks,
                 "date": date.today().isoformat(),
