@@ -138,12 +138,26 @@ def eval_command(name: str, perf: dict[str, Any] | None) -> str:
     return " ".join([*parts, "--update-card"])
 
 
+def threshold_command(name: str, op: dict[str, Any]) -> str | None:
+    """The ``triage models calibrate-threshold`` line that re-chose a card's threshold on
+    synthetic validation seeds after training (None where training's own choice stands or a
+    site's data chose it): training alone would give another threshold."""
+    seeds = re.search(r"synthetic validation .*?seeds (\d+)-(\d+)", op.get("source") or "")
+    target = re.match(r"specificity >= ([0-9.]+) on", op.get("rule", ""))
+    if not (seeds and target):
+        return None
+    first, last = int(seeds[1]), int(seeds[2])
+    return (f"triage models calibrate-threshold {name} --specificity {target[1]} "
+            f"--cases {last - first + 1} --seed-base {first}")
+
+
 def write_readme(card: ModelCard) -> None:
     data = card.raw
     perf = data.get("performance")
     train = data.get("training", {})
     elig = data["eligibility"]
     prep = data["preprocessing"]
+    chosen = threshold_command(card.name, data.get("operating_point", {}))
     lines = [
         f"# Model card: `{card.name}` {card.version}",
         "",
@@ -275,6 +289,7 @@ def write_readme(card: ModelCard) -> None:
         "## Reproduce or adapt",
         "```",
         f"{train_command(card.name, train)}   # regenerates data, retrains the same way",
+        *([f"{chosen}   # re-chooses the threshold as for these weights"] if chosen else []),
         f"{eval_command(card.name, perf)}   # held-out synthetic seeds",
         f"triage models eval {card.name} --data SITE_DICOM/ --labels labels.csv",
         f"triage models calibrate-threshold {card.name} --data SITE_DICOM/ --labels labels.csv"

@@ -258,6 +258,29 @@ def test_the_card_says_how_to_redo_its_held_out_evaluation() -> None:
                 in (card.folder / "README.md").read_text())
 
 
+def test_the_card_says_how_its_threshold_was_re_chosen() -> None:
+    from models.cards import threshold_command
+
+    op = {"rule": "specificity >= 0.95 on 1200 validation studies",
+          "source": "synthetic validation phantoms (generator revision 2), seeds 500000-501199"}
+    line = threshold_command("hemorrhage", op)
+    assert line == ("triage models calibrate-threshold hemorrhage --specificity 0.95 "
+                    "--cases 1200 --seed-base 500000")
+    args = parser().parse_args(line.split()[2:])
+    assert (args.specificity, args.cases, args.seed_base) == (0.95, 1200, 500_000)
+    # training's own choice, or a site's data: no synthetic command to give
+    assert threshold_command("stroke", {"rule": "specificity >= 0.9 on the validation "
+                                                "studies", "source": None}) is None
+    assert threshold_command("stroke", {**op, "source": "site data /data/site"}) is None
+    for name in models.DETECTORS:  # a bundled card re-chosen after training says how
+        card = models.card(name)
+        chosen = threshold_command(name, card.raw["operating_point"])
+        readme = (card.folder / "README.md").read_text()
+        assert chosen is None or chosen in readme
+        assert (chosen is None) == ("calibrate-threshold " + name + " --specificity"
+                                    not in readme)
+
+
 def test_extra_studies_are_the_first_seeds_drawn_with_the_subtype_or_level() -> None:
     from models.__main__ import _extra_seeds
     from models.cspine_fracture import DEFINITION as CSPINE
