@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _extra_seeds(asked: list[str], defs: list[Definition], *, start: int
                  ) -> dict[str, list[int]]:
     """``--extra KEY=N`` → key → the first N seeds from ``start`` drawn with a KEY finding (a
-    subtype, or a level for fractures), none picked twice."""
+    subtype, a level for fractures, "small" for bleeds), none picked twice."""
     from models import training  # noqa: PLC0415 - torch-heavy, only for this command
 
     if not asked:
@@ -409,7 +409,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--extra", action="append", metavar="KEY=N",
                    help="also train on N studies drawn with a KEY finding: a subtype (e.g. "
                         "posterior=800 for the C-spine detector, subdural=300 for "
-                        "hemorrhage) or a fracture level (C1=300); from the training seeds "
+                        "hemorrhage), a fracture level (C1=300) or, for hemorrhage, small (a "
+                        "bleed under 5 mL: small=400); from the training seeds "
                         "after --train-cases, none twice; repeatable; recorded in the card's "
                         "training data (experiments)")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")

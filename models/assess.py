@@ -20,7 +20,7 @@ from models.detector import Detector, ModelError, NotEligibleError
 from models.evaluation import StudyResult, plot_roc, report, roc_auc, roc_curve
 from models.inputs import AGE_UNITS_PER_YEAR, years_band
 from models.synthetic.generate import generate
-from models.synthetic.sampling import level_name, sample_case
+from models.synthetic.sampling import SMALL_BLEED_ML, level_name, sample_case
 from models.synthetic.spec import Region
 from models.volume import Volume, VolumeError, find_series, load_series
 
@@ -38,7 +38,7 @@ def age_band(age: float | None) -> str:
 def size_band(volume_ml: float | None) -> str:
     if volume_ml is None:
         return ""
-    return "<5 mL" if volume_ml < 5 else "5-25 mL" if volume_ml <= 25 else ">25 mL"
+    return "<5 mL" if volume_ml < SMALL_BLEED_ML else "5-25 mL" if volume_ml <= 25 else ">25 mL"
 
 
 def parse_age(text: str | None) -> float | None:

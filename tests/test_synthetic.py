@@ -20,7 +20,7 @@ from models.synthetic.sampling import (
     sample_case,
     subtypes,
 )
-from models.synthetic.spec import CaseSpec, Fracture, FractureKind, Region, Side
+from models.synthetic.spec import CaseSpec, Fracture, FractureKind, Hemorrhage, Region, Side
 from models.volume import load_series
 
 
@@ -172,7 +172,8 @@ def test_the_subtype_known_before_rendering_is_the_one_the_labels_give() -> None
         label = generate(spec).labels["findings"][0]
         assert label["subtype"] == drawn, what
         level = {f"C{label['level']}"} if label["level"] else set()
-        assert drawn_keys(spec) == {drawn} | level, what
+        small = {"small"} if region is Region.HEAD and label["volume_ml"] < 5 else set()
+        assert drawn_keys(spec) == {drawn} | level | small, what
         seen.add(drawn)
     assert seen == {"posterior", "body", "compression", "subdural"}
     c1 = sample_case(_first_drawn(Region.CSPINE, fracture(range(1, 2), FractureKind.BODY)),
@@ -184,6 +185,20 @@ def test_the_subtype_known_before_rendering_is_the_one_the_labels_give() -> None
     assert drawn_subtype(normal) is None and drawn_keys(normal) == set()
     assert extra_keys("fracture")[-7:] == tuple(f"C{n}" for n in range(1, 8))
     assert "C1" not in extra_keys("hemorrhage") and "subdural" in extra_keys("hemorrhage")
+    assert "small" in extra_keys("hemorrhage") and "small" not in extra_keys("fracture")
+
+
+def test_a_bleed_drawn_small_is_in_the_evaluations_smallest_size_band() -> None:
+    from models.assess import size_band
+
+    def bleed(small: bool) -> Callable[[CaseSpec], bool]:
+        return lambda spec: (bool(spec.findings) and isinstance(spec.findings[0], Hemorrhage)
+                             and ("small" in drawn_keys(spec)) is small)
+
+    for small in (True, False):
+        spec = sample_case(_first_drawn(Region.HEAD, bleed(small)), Region.HEAD, max_slices=24)
+        label = generate(spec).labels["findings"][0]
+        assert (size_band(label["volume_ml"]) == "<5 mL") is small, label["volume_ml"]
     assert "posterior" in subtypes("fracture") and "subdural" in subtypes("hemorrhage")
     with pytest.raises(ValueError, match="finding"):
         subtypes("tumour")

@@ -107,20 +107,31 @@ def level_name(level: int) -> str:
     return f"C{level}"
 
 
+#: A bleed drawn below this volume (mL) is "small": the ``--extra small=N`` key and the upper
+#: bound of the evaluation's smallest size band ("<5 mL"), where the project's goal is set.
+SMALL_BLEED_ML = 5.0
+
+
 def extra_keys(finding: str) -> tuple[str, ...]:
     """What a ``finding``'s training set can be enriched with (``train --extra KEY=N``): its
-    subtypes and, for fractures, the levels "C1" … "C7"."""
+    subtypes, for fractures the levels "C1" … "C7", for hemorrhage "small" (a bleed under
+    :data:`SMALL_BLEED_ML`)."""
     levels = tuple(level_name(n) for n in range(1, 8)) if finding == "fracture" else ()
-    return subtypes(finding) + levels
+    small = ("small",) if finding == "hemorrhage" else ()
+    return subtypes(finding) + levels + small
 
 
 def drawn_keys(spec: CaseSpec) -> frozenset[str]:
     """The :func:`extra_keys` that ``spec``'s finding is drawn with: its subtype when known
-    before rendering (:func:`drawn_subtype`) and, for a fracture, its level ("C1" … "C7")."""
+    before rendering (:func:`drawn_subtype`), for a fracture its level ("C1" … "C7"), for a
+    bleed drawn under :data:`SMALL_BLEED_ML` "small"."""
     subtype = drawn_subtype(spec)
     keys = {subtype} if subtype else set()
     if spec.findings and isinstance(spec.findings[0], Fracture):
         keys.add(level_name(spec.findings[0].level))
+    if (spec.findings and isinstance(spec.findings[0], Hemorrhage)
+            and spec.findings[0].volume_ml < SMALL_BLEED_ML):
+        keys.add("small")
     return frozenset(keys)
 
 
