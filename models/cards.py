@@ -128,11 +128,11 @@ def eval_command(name: str, perf: dict[str, Any] | None) -> str:
     """The ``triage models eval`` line that redoes a card's held-out evaluation: the seed
     range its source names, as ``--cases``/``--seed-base`` where they are not the defaults."""
     parts = [f"triage models eval {name}"]
-    seeds = re.search(r"held-out synthetic .*?seeds (\d+)-(\d+)", (perf or {}).get("source", ""))
+    seeds = _seed_range("held-out synthetic", (perf or {}).get("source"))
     if seeds:
-        first, last = int(seeds[1]), int(seeds[2])
-        if last - first + 1 != EVAL_CASES:
-            parts.append(f"--cases {last - first + 1}")
+        first, cases = seeds
+        if cases != EVAL_CASES:
+            parts.append(f"--cases {cases}")
         if first != TEST_SEEDS:
             parts.append(f"--seed-base {first}")
     return " ".join([*parts, "--update-card"])
@@ -142,13 +142,20 @@ def threshold_command(name: str, op: dict[str, Any]) -> str | None:
     """The ``triage models calibrate-threshold`` line that re-chose a card's threshold on
     synthetic validation seeds after training (None where training's own choice stands or a
     site's data chose it): training alone would give another threshold."""
-    seeds = re.search(r"synthetic validation .*?seeds (\d+)-(\d+)", op.get("source") or "")
+    seeds = _seed_range("synthetic validation", op.get("source"))
     target = re.match(r"specificity >= ([0-9.]+) on", op.get("rule", ""))
     if not (seeds and target):
         return None
-    first, last = int(seeds[1]), int(seeds[2])
+    first, cases = seeds
     return (f"triage models calibrate-threshold {name} --specificity {target[1]} "
-            f"--cases {last - first + 1} --seed-base {first}")
+            f"--cases {cases} --seed-base {first}")
+
+
+def _seed_range(kind: str, source: str | None) -> tuple[int, int] | None:
+    """First seed and number of studies of the "``kind`` ... seeds FIRST-LAST" that a card's
+    source sentence names (as ``eval`` and ``calibrate-threshold`` write it), else None."""
+    seeds = re.search(rf"{kind} .*?seeds (\d+)-(\d+)", source or "")
+    return (int(seeds[1]), int(seeds[2]) - int(seeds[1]) + 1) if seeds else None
 
 
 def write_readme(card: ModelCard) -> None:

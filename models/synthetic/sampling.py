@@ -127,10 +127,10 @@ def drawn_keys(spec: CaseSpec) -> frozenset[str]:
     bleed drawn under :data:`SMALL_BLEED_ML` "small"."""
     subtype = drawn_subtype(spec)
     keys = {subtype} if subtype else set()
-    if spec.findings and isinstance(spec.findings[0], Fracture):
-        keys.add(level_name(spec.findings[0].level))
-    if (spec.findings and isinstance(spec.findings[0], Hemorrhage)
-            and spec.findings[0].volume_ml < SMALL_BLEED_ML):
+    finding = spec.findings[0] if spec.findings else None
+    if isinstance(finding, Fracture):
+        keys.add(level_name(finding.level))
+    if isinstance(finding, Hemorrhage) and finding.volume_ml < SMALL_BLEED_ML:
         keys.add("small")
     return frozenset(keys)
 
