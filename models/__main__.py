@@ -161,12 +161,19 @@ def _with_preprocessing(cfg: Preprocessing, *, pixel_mm: float | None = None,
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from models import assess, cards, training  # noqa: PLC0415
+    from models import assess, cards, evaluation, training  # noqa: PLC0415
 
     d = definition(args.name)
     card = models.card(args.name, root=args.models_dir)
+    base_card = None
+    if args.baseline is not None:
+        base_card = models.card(args.name, root=args.baseline)
+        if base_card.folder.resolve() == card.folder.resolve():
+            raise SystemExit(f"--baseline {args.baseline} is the card being evaluated "
+                             f"({card.folder}); name the other one")
     started = time.monotonic()
-    results, skipped, timings = _score(args, d.finding, "evaluating")
+    results, skipped, timings, base_results = _score(args, d.finding, "evaluating",
+                                                     baseline=args.baseline)
     if args.data:
         source = f"site data {args.data}"
     else:
@@ -183,6 +190,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "device": args.device,
             "note": "one process per worker, one thread each",
         }
+    if base_card is not None:
+        rep["comparison"] = {
+            "baseline": {"folder": str(base_card.folder), "version": base_card.version,
+                         "threshold": base_card.threshold,
+                         "weights_sha256": base_card.weights_sha256},
+            "candidate": {"folder": str(card.folder), "version": card.version},
+            **evaluation.compare(results, base_results,
+                                 strata=[*d.strata, *assess.POPULATION_STRATA]),
+        }
     rep["minutes"] = round((time.monotonic() - started) / 60, 1)
     (args.out / f"{args.name}-eval.json").write_text(json.dumps(rep, indent=1) + "\n")
     overall = rep["overall"]
@@ -193,29 +209,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{len(skipped)} not analysed; report in {args.out}")
     for line in rep["strata_below_overall_by_more_than_5_points"]:
         print(f"  below overall: {line}")
+    if "comparison" in rep:
+        _print_comparison(rep["comparison"])
     if args.update_card and not args.data:
         cards.record_performance(card, rep)
         print(f"updated {card.folder / 'metadata.json'} and README.md")
     return 0
 
 
-def _score(args: argparse.Namespace, finding: str, verb: str
-           ) -> tuple[list[Any], list[str], list[float]]:
+def _print_comparison(comparison: dict[str, Any]) -> None:
+    """The paired comparison in a few lines: overall differences, changed flags, strata."""
+    base, overall = comparison["baseline"], comparison["overall"]
+    parts = []
+    for name in ("auc", "sensitivity", "specificity"):
+        m = overall[name]
+        lo, hi = m["ci95"]
+        parts.append(f"{name} {m['baseline']} -> {m['candidate']} ({m['difference']:+.4f} "
+                     f"[{lo:+.4f}, {hi:+.4f}])" if m["difference"] is not None
+                     else f"{name} not computable")
+    print(f"against {base['folder']} ({base['version']}) on the same {comparison['studies']} "
+          f"studies, paired 95 % CI: {'; '.join(parts)}")
+    pos, neg = comparison["flags"]["positives"], comparison["flags"]["negatives"]
+    print(f"  positives newly flagged {pos['candidate_only']}, no longer flagged "
+          f"{pos['baseline_only']}; negatives newly flagged {neg['candidate_only']}, no longer "
+          f"flagged {neg['baseline_only']}")
+    for line in comparison["differences_excluding_zero"]:
+        print(f"  interval excludes 0: {line}")
+    if comparison["unpaired"]:
+        print(f"  {comparison['unpaired']} studies scored by one model only were left out")
+
+
+def _score(args: argparse.Namespace, finding: str, verb: str,
+           baseline: Path | None = None) -> tuple[list[Any], list[str], list[float], list[Any]]:
     """Score a site's labelled folder (``--data/--labels``) or synthetic seeds with the card
-    in ``--models-dir`` (or the bundled one): results, not-analysed reasons, timings."""
+    in ``--models-dir`` (or the bundled one): results, not-analysed reasons, timings, and the
+    same studies scored by the card in ``baseline/<name>`` (empty without one)."""
     from models import assess  # noqa: PLC0415
 
+    roots = [args.models_dir] + ([baseline] if baseline is not None else [])
     if args.data:
         if not args.labels:
             raise SystemExit("--data needs --labels (CSV: study_instance_uid,finding,...)")
-        detector = models.load(args.name, device=args.device, root=args.models_dir)
+        detectors = [models.load(args.name, device=args.device, root=root) for root in roots]
         labels = assess.read_site_labels(args.labels)
-        results, skipped = assess.evaluate_folder(detector, args.data, labels, finding)
-        return results, skipped, []
-    seeds = list(range(args.seed_base, args.seed_base + args.cases))
-    return assess.evaluate_synthetic(
-        args.name, seeds, workers=args.workers, device=args.device, root=args.models_dir,
-        progress=progress_printer(f"{verb} {args.name}"))
+        scored, skipped = assess.score_folder(detectors, args.data, labels, finding)
+        timings: list[float] = []
+    else:
+        seeds = list(range(args.seed_base, args.seed_base + args.cases))
+        scored, skipped, timings = assess.score_synthetic(
+            args.name, seeds, roots=roots, workers=args.workers, device=args.device,
+            progress=progress_printer(f"{verb} {args.name}"))
+    return scored[0], skipped, timings, scored[1] if baseline is not None else []
 
 
 def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
@@ -239,7 +283,7 @@ def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
                 "on training or held-out studies would make the held-out figures optimistic")
         source = (f"synthetic validation phantoms (generator revision "
                   f"{GENERATOR_REVISION}), seeds {first}-{last}")
-    results, skipped, _ = _score(args, d.finding, "scoring")
+    results, skipped, _, _ = _score(args, d.finding, "scoring")
     labels = np.array([r.positive for r in results], dtype=bool)
     scores = np.array([r.probability for r in results], dtype=float)
     try:
@@ -433,6 +477,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--models-dir", type=Path,
                    help="evaluate the card in MODELS_DIR/<name> (the --out of `train`) instead "
                         "of the bundled one")
+    e.add_argument("--baseline", type=Path, nargs="?", const=models.MODELS_DIR,
+                   metavar="DIR",
+                   help="also score the card in DIR/<name> (without DIR: the bundled one) on "
+                        "the same studies, each rendered or loaded once, and report the "
+                        "paired differences with bootstrap CIs and the flags that changed")
     e.add_argument("--out", type=Path, default=Path("var/eval"))
     e.add_argument("--update-card", action="store_true",
                    help="write the results into metadata.json and README.md")

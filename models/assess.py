@@ -79,25 +79,32 @@ def synthetic_attributes(labels: dict[str, Any], finding: str) -> tuple[bool, di
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(name: str, device: str, root: Path | None) -> None:
+def _init_worker(name: str, device: str, roots: tuple[Path | None, ...]) -> None:
     torch.set_num_threads(1)
-    _WORKER["detector"] = models.load(name, device=device, root=root)
+    _WORKER["detectors"] = [models.load(name, device=device, root=root) for root in roots]
     _WORKER["name"] = name
 
 
-def _evaluate_seed(seed: int) -> tuple[StudyResult | None, str | None, float]:
+def _evaluate_seed(seed: int) -> tuple[list[StudyResult], str | None, float]:
+    """The study of ``seed`` scored by each loaded card (rendered once); the first card's time."""
     name = str(_WORKER["name"])
-    detector: Detector = _WORKER["detector"]
+    detectors: list[Detector] = _WORKER["detectors"]
     case = generate(sample_case(seed, REGION_OF[name]))
     positive, attributes = synthetic_attributes(case.labels, FINDING_OF[name])
-    started = time.perf_counter()
-    try:
-        finding = detector(case.volume())
-    except NotEligibleError as exc:
-        return None, f"{case.labels['case_id']}: {exc.reason}", 0.0
-    elapsed = time.perf_counter() - started
-    return (StudyResult(case.labels["study_instance_uid"], positive, finding.probability,
-                        finding.flagged, attributes), None, elapsed)
+    volume = case.volume()
+    results: list[StudyResult] = []
+    elapsed = 0.0
+    for detector in detectors:
+        started = time.perf_counter()
+        try:
+            finding = detector(volume)
+        except NotEligibleError as exc:
+            return [], f"{case.labels['case_id']}: {exc.reason}", 0.0
+        if not results:  # the timing reported is the evaluated (first) card's
+            elapsed = time.perf_counter() - started
+        results.append(StudyResult(case.labels["study_instance_uid"], positive,
+                                   finding.probability, finding.flagged, attributes))
+    return results, None, elapsed
 
 
 def evaluate_synthetic(
@@ -113,20 +120,42 @@ def evaluate_synthetic(
 
     ``root``: evaluate the card in ``root/<name>`` (an experiment) instead of the bundled one.
     """
-    results: list[StudyResult] = []
+    scored, skipped, timings = score_synthetic(name, seeds, roots=(root,), workers=workers,
+                                               device=device, progress=progress)
+    return scored[0], skipped, timings
+
+
+def score_synthetic(
+    name: str,
+    seeds: Sequence[int],
+    *,
+    roots: Sequence[Path | None],
+    workers: int = 2,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[list[StudyResult]], list[str], list[float]]:
+    """Score held-out synthetic studies with the card in each of ``roots`` (None: bundled).
+
+    Each study is rendered once and scored by every card, so two models are compared on
+    the same studies for little more than the time of one evaluation.  Returns one result
+    list per root (the same studies, in the same order), the not-analysed reasons, and the
+    first card's inference times.
+    """
+    scored: list[list[StudyResult]] = [[] for _ in roots]
     skipped: list[str] = []
     timings: list[float] = []
     with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
-                             initargs=(name, device, root)) as pool:
-        for done, (result, reason, elapsed) in enumerate(pool.map(_evaluate_seed, seeds), 1):
-            if result is not None:
-                results.append(result)
+                             initargs=(name, device, tuple(roots))) as pool:
+        for done, (results, reason, elapsed) in enumerate(pool.map(_evaluate_seed, seeds), 1):
+            if results:
+                for into, result in zip(scored, results, strict=True):
+                    into.append(result)
                 timings.append(elapsed)
             if reason is not None:
                 skipped.append(reason)
             if progress is not None:
                 progress(done, len(seeds))
-    return results, skipped, timings
+    return scored, skipped, timings
 
 
 # --- a site's labelled DICOM folder -------------------------------------------------------
@@ -146,7 +175,19 @@ def read_site_labels(path: Path) -> dict[str, dict[str, str]]:
 def evaluate_folder(detector: Detector, folder: Path, labels: dict[str, dict[str, str]],
                     finding: str) -> tuple[list[StudyResult], list[str]]:
     """Score every series of a labelled folder (one series per labelled study is used)."""
-    results: list[StudyResult] = []
+    scored, skipped = score_folder([detector], folder, labels, finding)
+    return scored[0], skipped
+
+
+def score_folder(detectors: Sequence[Detector], folder: Path,
+                 labels: dict[str, dict[str, str]], finding: str
+                 ) -> tuple[list[list[StudyResult]], list[str]]:
+    """Score every series of a labelled folder with each detector, each series loaded once.
+
+    One series per labelled study is used: the first (by Series Instance UID) that every
+    detector accepts.  Returns one result list per detector, in the same study order.
+    """
+    scored: list[list[StudyResult]] = [[] for _ in detectors]
     skipped: list[str] = []
     seen: set[str] = set()
     for uid, paths in sorted(find_series([folder]).items()):
@@ -160,7 +201,7 @@ def evaluate_folder(detector: Detector, folder: Path, labels: dict[str, dict[str
         if row is None or study in seen:
             continue
         try:
-            result = detector(volume)
+            outputs = [detector(volume) for detector in detectors]
         except NotEligibleError as exc:
             skipped.append(f"series {uid}: {exc.reason}")
             continue
@@ -177,9 +218,10 @@ def evaluate_folder(detector: Detector, folder: Path, labels: dict[str, dict[str
             attributes["subtype"] = row.get("subtype", "")
             attributes["size_band"] = size_band(volume_ml)
             attributes["level"] = row.get("level", "")
-        results.append(StudyResult(study, positive, result.probability, result.flagged,
-                                   attributes))
-    return results, skipped
+        for into, result in zip(scored, outputs, strict=True):
+            into.append(StudyResult(study, positive, result.probability, result.flagged,
+                                    attributes))
+    return scored, skipped
 
 
 def write_report(name: str, results: Sequence[StudyResult], skipped: Sequence[str], *,

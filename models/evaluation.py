@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 Z95 = 1.959963984540054
 FINDING_STRATA = ("subtype", "size_band", "level")
+T = TypeVar("T")
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -50,17 +51,18 @@ def auc_ci(labels: np.ndarray, scores: np.ndarray, *, resamples: int = 1000,
         return auc, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     pos, neg = scores[labels], scores[~labels]
-    values = []
-    for _ in range(resamples):
-        p = rng.choice(pos, len(pos))
-        n = rng.choice(neg, len(neg))
-        # fast AUC of the resample: P(p > n) + 0.5 P(p == n)
-        n_sorted = np.sort(n)
-        below = np.searchsorted(n_sorted, p, side="left")
-        equal = np.searchsorted(n_sorted, p, side="right") - below
-        values.append(float((below + 0.5 * equal).sum() / (len(p) * len(n))))
+    values = [_auc_of(rng.choice(pos, len(pos)), rng.choice(neg, len(neg)))
+              for _ in range(resamples)]
     lo, hi = np.percentile(values, [2.5, 97.5])
     return auc, float(lo), float(hi)
+
+
+def _auc_of(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(a positive scores above a negative) + half P(tie): the AUC, by sorting once."""
+    n_sorted = np.sort(neg)
+    below = np.searchsorted(n_sorted, pos, side="left")
+    equal = np.searchsorted(n_sorted, pos, side="right") - below
+    return float((below + 0.5 * equal).sum() / (len(pos) * len(neg)))
 
 
 def wilson(successes: int, total: int) -> tuple[float, float, float]:
@@ -180,19 +182,10 @@ def report(results: Sequence[StudyResult], *, strata: Sequence[str], threshold: 
     overall = _metrics(results, seed=seed)
     out: dict[str, Any] = {"threshold": threshold, "overall": overall, "strata": {}}
     shortfalls = []
-    negatives = [r for r in results if not r.positive]
     for attribute in strata:
-        # Finding strata (subtype, size band, level) describe positives only; each is
-        # compared against all negatives.  Population strata split both classes.
-        of_finding = attribute in FINDING_STRATA
-        groups: dict[str, list[StudyResult]] = defaultdict(list)
-        for r in results:
-            value = r.attributes.get(attribute)
-            if value and (r.positive or not of_finding):
-                groups[value].append(r)
         table = {}
-        for value, members in sorted(groups.items()):
-            metrics = _metrics([*members, *negatives] if of_finding else members, seed=seed)
+        for value, members in _stratum_groups(results, attribute, lambda r: r):
+            metrics = _metrics(members, seed=seed)
             table[value] = metrics
             for name in ("auc", "sensitivity", "specificity"):
                 base, mine = overall[name]["value"], metrics[name]["value"]
@@ -201,6 +194,136 @@ def report(results: Sequence[StudyResult], *, strata: Sequence[str], threshold: 
         out["strata"][attribute] = table
     out["strata_below_overall_by_more_than_5_points"] = shortfalls
     return out
+
+
+def _stratum_groups(items: Sequence[T], attribute: str, study: Callable[[T], StudyResult]
+                       ) -> list[tuple[str, list[T]]]:
+    """The studies of each value of ``attribute``, sorted by value.
+
+    Finding strata (subtype, size band, level) describe positives only, so each group is
+    its positives plus all negatives; population strata (vendor, age, ...) split both
+    classes.
+    """
+    of_finding = attribute in FINDING_STRATA
+    groups: dict[str, list[T]] = defaultdict(list)
+    for item in items:
+        r = study(item)
+        value = r.attributes.get(attribute)
+        if value and (r.positive or not of_finding):
+            groups[value].append(item)
+    negatives = [item for item in items if not study(item).positive]
+    return [(value, [*members, *negatives] if of_finding else members)
+            for value, members in sorted(groups.items())]
+
+
+Pair = tuple[StudyResult, StudyResult]  # (candidate, baseline) of one study
+
+
+def compare(candidate: Sequence[StudyResult], baseline: Sequence[StudyResult], *,
+            strata: Sequence[str], resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Paired comparison of two models scored on the same studies (candidate − baseline).
+
+    Studies are matched by Study Instance UID; one scored by only one model is counted in
+    ``unpaired`` and left out.  Overall and for every stratum (grouped as in :func:`report`):
+    each model's AUC, sensitivity and specificity, the difference, and its 95 % CI by paired
+    bootstrap: every resample (positives and negatives drawn apart) scores *both* models on
+    the same studies, so what is hard for both cancels and a small but consistent gain shows
+    as an interval that excludes 0 where two separate CIs would overlap.  ``flags`` counts the
+    studies whose flag changed; ``differences_excluding_zero`` names the differences whose
+    interval excludes 0.
+
+    Raises
+    ------
+    ValueError
+        No study was scored by both, or one study's truth differs between the two lists.
+    """
+    by_uid = {r.study_instance_uid: r for r in baseline}
+    pairs = [(c, by_uid[c.study_instance_uid]) for c in candidate
+             if c.study_instance_uid in by_uid]
+    if not pairs:
+        raise ValueError("no study was scored by both models")
+    for c, b in pairs:
+        if c.positive != b.positive:
+            raise ValueError(f"study {c.study_instance_uid} is positive for one model's "
+                             "evaluation and negative for the other's")
+    out: dict[str, Any] = {
+        "studies": len(pairs),
+        "unpaired": len(candidate) + len(baseline) - 2 * len(pairs),
+        "resamples": resamples,
+        "overall": _paired_metrics(pairs, resamples=resamples, seed=seed),
+        "flags": _flag_changes(pairs),
+        "strata": {},
+    }
+    notable = [f"overall: {line}" for line in _excluding_zero(out["overall"])]
+    for attribute in strata:
+        table = {}
+        for value, members in _stratum_groups(pairs, attribute, lambda pair: pair[0]):
+            table[value] = _paired_metrics(members, resamples=resamples, seed=seed)
+            notable += [f"{attribute}={value}: {line}" for line in _excluding_zero(table[value])]
+        out["strata"][attribute] = table
+    out["differences_excluding_zero"] = notable
+    return out
+
+
+def _paired_metrics(pairs: Sequence[Pair], *, resamples: int, seed: int) -> dict[str, Any]:
+    labels = np.array([c.positive for c, _ in pairs], dtype=bool)
+    scores = {"candidate": np.array([c.probability for c, _ in pairs], dtype=float),
+              "baseline": np.array([b.probability for _, b in pairs], dtype=float)}
+    flags = {"candidate": np.array([c.flagged for c, _ in pairs], dtype=bool),
+             "baseline": np.array([b.flagged for _, b in pairs], dtype=bool)}
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+
+    def measures(p: np.ndarray, n: np.ndarray) -> dict[str, dict[str, float]]:
+        values: dict[str, dict[str, float]] = {"auc": {}, "sensitivity": {}, "specificity": {}}
+        for model in ("candidate", "baseline"):
+            s, f = scores[model], flags[model]
+            values["auc"][model] = _auc_of(s[p], s[n]) if p.size and n.size else math.nan
+            values["sensitivity"][model] = float(f[p].mean()) if p.size else math.nan
+            values["specificity"][model] = float(1 - f[n].mean()) if n.size else math.nan
+        return values
+
+    point = measures(pos, neg)
+    rng = np.random.default_rng(seed)
+    differences: dict[str, list[float]] = {name: [] for name in point}
+    for _ in range(resamples):
+        sample = measures(rng.choice(pos, pos.size), rng.choice(neg, neg.size))
+        for name, v in sample.items():
+            differences[name].append(v["candidate"] - v["baseline"])
+    out: dict[str, Any] = {"n": len(pairs), "positives": int(pos.size)}
+    for name, v in point.items():
+        diff = v["candidate"] - v["baseline"]
+        lo, hi = ((math.nan, math.nan) if math.isnan(diff)
+                  else np.percentile(differences[name], [2.5, 97.5]))
+        out[name] = {"baseline": _r4(v["baseline"]), "candidate": _r4(v["candidate"]),
+                     "difference": _r4(diff), "ci95": [_r4(float(lo)), _r4(float(hi))]}
+    return out
+
+
+def _flag_changes(pairs: Sequence[Pair]) -> dict[str, dict[str, int]]:
+    """Positives caught by both/neither/only one model; negatives flagged likewise."""
+    out = {}
+    for kind, positive in (("positives", True), ("negatives", False)):
+        group = [(c.flagged, b.flagged) for c, b in pairs if c.positive is positive]
+        out[kind] = {"both": sum(c and b for c, b in group),
+                     "candidate_only": sum(c and not b for c, b in group),
+                     "baseline_only": sum(b and not c for c, b in group),
+                     "neither": sum(not c and not b for c, b in group)}
+    return out
+
+
+def _excluding_zero(metrics: dict[str, Any]) -> list[str]:
+    lines = []
+    for name in ("auc", "sensitivity", "specificity"):
+        m = metrics[name]
+        lo, hi = m["ci95"]
+        if lo is not None and hi is not None and (lo > 0 or hi < 0):
+            lines.append(f"{name} {m['baseline']:.3f} -> {m['candidate']:.3f} "
+                         f"({m['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}])")
+    return lines
+
+
+def _r4(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 4)
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path,

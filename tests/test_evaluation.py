@@ -8,6 +8,7 @@ import pytest
 from models.evaluation import (
     StudyResult,
     auc_ci,
+    compare,
     report,
     roc_auc,
     threshold_for_specificity,
@@ -65,3 +66,73 @@ def test_report_strata_and_shortfalls() -> None:
     assert rep["strata"]["subtype"]["x"]["n"] == 40
     assert any(s.startswith("manufacturer=B: sensitivity")
                for s in rep["strata_below_overall_by_more_than_5_points"])
+
+
+def _studies(scores: np.ndarray, labels: np.ndarray, subtypes: list[str],
+             threshold: float) -> list[StudyResult]:
+    return [StudyResult(f"1.2.{i}", bool(y), float(s), bool(s >= threshold),
+                        {"subtype": t if y else "", "sex": "F" if i % 2 else "M"})
+            for i, (s, y, t) in enumerate(zip(scores, labels, subtypes, strict=True))]
+
+
+def test_a_model_compared_with_itself_differs_by_exactly_nothing() -> None:
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(60, bool), np.zeros(120, bool)]
+    scores = np.r_[rng.normal(1, 1, 60), rng.normal(0, 1, 120)]
+    subtypes = ["a" if i % 2 else "b" for i in range(180)]
+    same = _studies(scores, labels, subtypes, 0.5)
+    out = compare(same, list(reversed(same)), strata=["subtype", "sex"], resamples=200)
+    assert out["studies"] == 180 and out["unpaired"] == 0
+    for m in (out["overall"], out["strata"]["subtype"]["a"], out["strata"]["sex"]["F"]):
+        for name in ("auc", "sensitivity", "specificity"):
+            assert m[name]["difference"] == 0 and m[name]["ci95"] == [0, 0]
+            assert m[name]["candidate"] == m[name]["baseline"]
+    assert out["flags"]["positives"]["candidate_only"] == 0
+    assert out["flags"]["negatives"]["baseline_only"] == 0
+    assert out["differences_excluding_zero"] == []
+    # the subtype stratum holds its positives plus every negative, as in report()
+    assert out["strata"]["subtype"]["a"]["n"] == 30 + 120
+
+
+def test_a_gain_on_one_subtype_shows_there_with_an_interval_that_excludes_zero() -> None:
+    """The paired interval finds a gain that two separate intervals would not separate."""
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.ones(200, bool), np.zeros(400, bool)]
+    baseline = np.r_[rng.normal(1.5, 1, 200), rng.normal(0, 1, 400)]
+    subtypes = ["a" if i < 40 else "b" for i in range(600)]
+    candidate = baseline.copy()
+    candidate[:40] += 0.6  # only subtype "a" positives score higher
+    out = compare(_studies(candidate, labels, subtypes, 1.0),
+                  _studies(baseline, labels, subtypes, 1.0),
+                  strata=["subtype", "sex"], resamples=500)
+    a, b = out["strata"]["subtype"]["a"], out["strata"]["subtype"]["b"]
+    assert a["auc"]["difference"] > 0.05 and a["auc"]["ci95"][0] > 0
+    assert b["auc"]["difference"] == 0 and b["auc"]["ci95"] == [0, 0]
+    assert out["overall"]["specificity"]["difference"] == 0  # no negative changed
+    gained = int(((candidate[:40] >= 1.0) & (baseline[:40] < 1.0)).sum())
+    assert gained > 0
+    assert out["flags"]["positives"] == {
+        "both": int(((candidate[:200] >= 1.0) & (baseline[:200] >= 1.0)).sum()),
+        "candidate_only": gained, "baseline_only": 0,
+        "neither": int((candidate[:200] < 1.0).sum())}
+    assert any(line.startswith("subtype=a: auc") for line in out["differences_excluding_zero"])
+    assert not any(line.startswith("subtype=b") for line in out["differences_excluding_zero"])
+    # the two separate bootstrap intervals of subtype a's AUC overlap nonetheless
+    sub = np.r_[np.arange(40), np.arange(200, 600)]
+    _, lo_candidate, _ = auc_ci(labels[sub], candidate[sub])
+    _, _, hi_baseline = auc_ci(labels[sub], baseline[sub])
+    assert lo_candidate < hi_baseline
+
+
+def test_a_comparison_pairs_studies_by_uid_and_refuses_a_changed_truth() -> None:
+    labels = np.array([True, False, True, False])
+    scores = np.array([0.9, 0.1, 0.8, 0.2])
+    four = _studies(scores, labels, ["a"] * 4, 0.5)
+    out = compare(four, four[:3], strata=[], resamples=50)
+    assert out["studies"] == 3 and out["unpaired"] == 1
+    flipped = [StudyResult(r.study_instance_uid, not r.positive, r.probability, r.flagged,
+                           r.attributes) for r in four]
+    with pytest.raises(ValueError, match="positive for one"):
+        compare(four, flipped, strata=[])
+    with pytest.raises(ValueError, match="no study"):
+        compare(four, [], strata=[])

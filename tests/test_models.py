@@ -174,6 +174,68 @@ def test_eval_on_a_labelled_site_folder(tmp_path: Path) -> None:
     assert report["overall"]["positives"] >= 2
     assert (out / "hemorrhage-roc.png").stat().st_size > 1000
     assert "site data" in report["source"]
+    # The same folder, a candidate card that flags everything against the bundled one: each
+    # series is loaded once and scored by both, and the pairs are the same six studies.
+    candidate = _card_flagging_everything(tmp_path / "candidate")
+    res = subprocess.run([*run, "eval", "hemorrhage", "--data", str(data), "--labels",
+                          str(labels), "--out", str(out), "--models-dir", str(candidate),
+                          "--baseline"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    comparison = json.loads((out / "hemorrhage-eval.json").read_text())["comparison"]
+    assert comparison["studies"] == 6 and comparison["unpaired"] == 0
+    auc = comparison["overall"]["auc"]
+    assert auc["difference"] == 0 and auc["baseline"] == report["overall"]["auc"]["value"]
+    assert comparison["overall"]["sensitivity"]["candidate"] == 1
+
+
+def _card_flagging_everything(root: Path) -> Path:
+    """A copy of the bundled hemorrhage card whose threshold is 0: same scores, every study
+    flagged."""
+    shutil.copytree(models.MODELS_DIR / "hemorrhage", root / "hemorrhage",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    meta_path = root / "hemorrhage" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["threshold"] = 0.0
+    meta["version"] = "flags-everything"
+    meta_path.write_text(json.dumps(meta))
+    return root
+
+
+def test_eval_compares_a_candidate_with_the_bundled_card_on_the_same_studies(
+        tmp_path: Path) -> None:
+    """What the team (or a site) does before adopting new weights: a paired comparison."""
+    candidate = _card_flagging_everything(tmp_path / "candidate")
+    out = tmp_path / "eval"
+    run = [sys.executable, "-m", "models", "eval", "hemorrhage", "--cases", "8",
+           "--workers", "1", "--out", str(out)]
+    same = subprocess.run([*run, "--baseline"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert same.returncode != 0 and "is the card being evaluated" in same.stderr
+    plain = subprocess.run(run, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert plain.returncode == 0, plain.stderr
+    bundled = json.loads((out / "hemorrhage-eval.json").read_text())
+    res = subprocess.run([*run, "--models-dir", str(candidate), "--baseline"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "hemorrhage-eval.json").read_text())
+    comparison = rep["comparison"]
+    assert comparison["baseline"]["version"] == models.card("hemorrhage").version
+    assert comparison["candidate"]["version"] == "flags-everything"
+    assert comparison["studies"] == bundled["overall"]["n"] == 8
+    overall = comparison["overall"]
+    # the same scores, so the same AUC; every study flagged by the candidate
+    assert overall["auc"]["difference"] == 0 and overall["auc"]["ci95"] == [0, 0]
+    assert overall["auc"]["baseline"] == bundled["overall"]["auc"]["value"]
+    assert overall["sensitivity"]["candidate"] == 1 and overall["specificity"]["candidate"] == 0
+    assert overall["specificity"]["baseline"] == bundled["overall"]["specificity"]["value"]
+    flagged = {s["study_instance_uid"]: s["flagged"] for s in bundled["studies"]}
+    negatives = [s for s in bundled["studies"] if not s["positive"]]
+    assert negatives, "the 8 held-out seeds hold negatives"
+    assert comparison["flags"]["negatives"] == {
+        "both": sum(flagged[s["study_instance_uid"]] for s in negatives),
+        "candidate_only": sum(not flagged[s["study_instance_uid"]] for s in negatives),
+        "baseline_only": 0, "neither": 0}
+    assert "against" in res.stdout and "negatives newly flagged" in res.stdout
 
 
 def test_calibrate_threshold_sets_the_operating_point_on_validation_seeds(
