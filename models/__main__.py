@@ -199,6 +199,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             **evaluation.compare(results, base_results,
                                  strata=[*d.strata, *assess.POPULATION_STRATA]),
         }
+        by_uid = {r.study_instance_uid: r for r in base_results}
+        for study in rep["studies"]:  # per study, to look at the flags that changed
+            if (base := by_uid.get(study["study_instance_uid"])) is not None:
+                study["baseline_probability"] = round(base.probability, 5)
+                study["baseline_flagged"] = base.flagged
     rep["minutes"] = round((time.monotonic() - started) / 60, 1)
     (args.out / f"{args.name}-eval.json").write_text(json.dumps(rep, indent=1) + "\n")
     overall = rep["overall"]

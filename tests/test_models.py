@@ -236,6 +236,10 @@ def test_eval_compares_a_candidate_with_the_bundled_card_on_the_same_studies(
         "candidate_only": sum(not flagged[s["study_instance_uid"]] for s in negatives),
         "baseline_only": 0, "neither": 0}
     assert "against" in res.stdout and "negatives newly flagged" in res.stdout
+    for study in rep["studies"]:  # each study carries both cards' scores and flags
+        assert study["flagged"] is True
+        assert study["baseline_flagged"] is flagged[study["study_instance_uid"]]
+        assert study["baseline_probability"] == study["probability"]
 
 
 def test_calibrate_threshold_sets_the_operating_point_on_validation_seeds(
