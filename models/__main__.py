@@ -102,6 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         defs = [dataclasses.replace(d, preprocessing=_with_preprocessing(d.preprocessing,
                                                                          **prep))
                 for d in defs]
+    starts = {d.name: _starting_card(d, args.init_from, args.out) for d in defs}
     train_seeds = list(range(training.TRAIN_SEEDS, training.TRAIN_SEEDS + args.train_cases))
     val_seeds = list(range(training.VALIDATION_SEEDS, training.VALIDATION_SEEDS + args.val_cases))
     extra = _extra_seeds(args.extra or [], defs, start=training.TRAIN_SEEDS + args.train_cases)
@@ -119,11 +120,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             batch=args.batch, lr=args.lr, negative_ratio=args.negative_ratio,
             balance=args.balance,
             device=args.device,
+            init_from=starts[d.name],
         )
         print(f"{d.name}: validation AUC {result.validation_auc:.4f}, threshold "
               f"{result.threshold:.4f} (sensitivity {result.validation_sensitivity:.3f}, "
               f"specificity {result.validation_specificity:.3f}); card {result.card_path}")
     return 0
+
+
+def _starting_card(d: Definition, init_from: Path | None, out: Path | None
+                   ) -> models.ModelCard | None:
+    """The card ``--init-from`` names for ``d``, checked before any data is generated."""
+    if init_from is None:
+        return None
+    from models import training  # noqa: PLC0415
+
+    card = models.card(d.name, root=init_from)
+    if card.folder.resolve() == ((out or models.MODELS_DIR) / d.name).resolve():
+        raise SystemExit(f"--init-from {init_from} is where the new weights would be written; "
+                         "train into another --out")
+    try:
+        training.check_same_model(d, card)
+        card.verified_weights()
+    except (ValueError, models.WeightsError) as exc:
+        raise SystemExit(f"--init-from: {exc}") from exc
+    return card
 
 
 def _extra_seeds(asked: list[str], defs: list[Definition], *, start: int
@@ -462,6 +483,11 @@ def parser() -> argparse.ArgumentParser:
                         "bleed under 5 mL: small=400); from the training seeds "
                         "after --train-cases, none twice; repeatable; recorded in the card's "
                         "training data (experiments)")
+    t.add_argument("--init-from", type=Path, metavar="DIR",
+                   help="fine-tune: start from the weights of the card in DIR/<name> (e.g. "
+                        "`models` for the bundled ones) instead of random ones; same network "
+                        "and preprocessing switches required; the starting weights are kept "
+                        "unless an epoch beats them on validation")
     t.add_argument("--workers", type=int, default=2, help="processes generating data")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cache", type=Path, default=Path("var/model-cache"),

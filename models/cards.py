@@ -120,8 +120,22 @@ def train_command(name: str, train: dict[str, Any]) -> str:
         parts.append(f"--balance {train['positive_balance']}")
     if train.get("negative_ratio", 2.0) != 2.0:
         parts.append(f"--negative-ratio {train['negative_ratio']:g}")
+    if train.get("learning_rate", 2e-3) != 2e-3:
+        parts.append(f"--lr {train['learning_rate']:g}")
     parts += [f"--extra {k}={v}" for k, v in train.get("extra_studies", {}).items()]
+    if train.get("initialised_from"):
+        parts.append("--init-from DIR")
     return " ".join(parts)
+
+
+def _init_line(train: dict[str, Any]) -> list[str]:
+    """What ``--init-from DIR`` of the train line stands for, where the weights were
+    fine-tuned from another card's."""
+    parent = train.get("initialised_from")
+    if not parent:
+        return []
+    return [f"# DIR: a models folder holding {parent['name']} {parent['version']} (weights "
+            f"sha256 {parent['weights_sha256'][:16]}…), these weights' starting point"]
 
 
 def eval_command(name: str, perf: dict[str, Any] | None) -> str:
@@ -296,6 +310,7 @@ def write_readme(card: ModelCard) -> None:
         "## Reproduce or adapt",
         "```",
         f"{train_command(card.name, train)}   # regenerates data, retrains the same way",
+        *_init_line(train),
         *([f"{chosen}   # re-chooses the threshold as for these weights"] if chosen else []),
         f"{eval_command(card.name, perf)}   # held-out synthetic seeds",
         f"triage models eval {card.name} --data SITE_DICOM/ --labels labels.csv",

@@ -344,6 +344,18 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+def check_same_model(definition: Definition, card: ModelCard) -> None:
+    """Fine-tuning needs the same network and the same inputs as the card it starts from."""
+    if card.name != definition.name:
+        raise ValueError(f"cannot start {definition.name} from the weights of {card.name}")
+    if card.network != definition.network:
+        raise ValueError(f"{card.folder}: network {card.network} is not the one being trained "
+                         f"({definition.network}); fine-tune with the same switches")
+    if card.preprocessing != definition.preprocessing:
+        raise ValueError(f"{card.folder}: its preprocessing (windows, pixels, crop, mirror) is "
+                         "not the one being trained; fine-tune with the same switches")
+
+
 def train(
     definition: Definition,
     cache_root: Path,
@@ -359,12 +371,26 @@ def train(
     balance: str | None = None,
     device: str = "cpu",
     seed: int = 0,
+    init_from: ModelCard | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train ``definition`` on cached studies and write weights + metadata.json.
 
     ``extra_seeds`` (subtype or level → seeds, from :func:`seeds_drawn_with`) are trained on as
-    well, and named apart in the card: an enriched set is not the generator's prevalence."""
+    well, and named apart in the card: an enriched set is not the generator's prevalence.
+
+    ``init_from``: fine-tune — start from that card's (verified) weights instead of random
+    ones.  Its network and preprocessing must be ``definition``'s.  The starting weights are
+    scored on validation first (epoch 0 of the history) and kept unless an epoch beats them,
+    so fine-tuning never hands back a model worse on validation than the one it started from.
+
+    Raises
+    ------
+    ValueError
+        ``init_from`` has another network or preprocessing than ``definition``.
+    WeightsError
+        ``init_from``'s weight file is missing or is not the one its card names.
+    """
     extra = {k: list(v) for k, v in (extra_seeds or {}).items() if v}
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -381,6 +407,12 @@ def train(
         f"({sum(s.label for s in train_set)} positive), {len(sampler.positives)} positive "
         f"slices; {len(val_set)} validation studies ({sum(s.label for s in val_set)} positive)")
     net = SliceNet(cfg.channels, definition.network).to(dev)
+    if init_from is not None:
+        check_same_model(definition, init_from)
+        net.load_state_dict(torch.load(init_from.verified_weights(), map_location="cpu",
+                                       weights_only=True))
+        log(f"{definition.name}: starting from {init_from.name} {init_from.version} "
+            f"({init_from.folder}, weights sha256 {init_from.weights_sha256[:12]}…)")
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(len(sampler.positives) * (1 + negative_ratio) / batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
@@ -398,6 +430,11 @@ def train(
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     history: list[dict[str, float]] = []
     started = time.monotonic()
+    if init_from is not None:  # the weights to beat
+        auc = roc_auc(val_labels, study_scores(net, val_set, cfg, dev))
+        best = (auc, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        history.append({"epoch": 0, "val_auc": auc, "minutes": 0.0})
+        log(f"epoch 0 (the starting weights): validation AUC {auc:.4f}")
     for epoch in range(1, epochs + 1):
         net.train()
         losses = []
@@ -447,7 +484,12 @@ def train(
                      + "".join(f", plus {len(v)} drawn with a {k} finding from seeds "
                                f"{v[0]}-{v[-1]}" for k, v in extra.items())
                      + f"; validation seeds {val_seeds[0]}-{val_seeds[-1]} "
-                     f"({len(val_set)} studies)"),
+                     f"({len(val_set)} studies)"
+                     + (f"; fine-tuned from {init_from.name} {init_from.version}"
+                        if init_from is not None else "")),
+            **({"initialised_from": {"name": init_from.name, "version": init_from.version,
+                                     "weights_sha256": init_from.weights_sha256}}
+               if init_from is not None else {}),
             "train_cases": len(train_seeds),
             "validation_cases": len(val_seeds),
             "positives_train": int(sum(s.label for s in train_set)),

@@ -420,3 +420,73 @@ def test_the_cache_follows_sampling_and_generator_not_windows() -> None:
         d.preprocessing, center_on="body"))
     assert cache_folder(root, moved) != cache_folder(root, d)
     assert GENERATOR_REVISION >= 2
+
+
+def test_fine_tuning_starts_from_a_cards_verified_weights_and_keeps_them_unless_beaten(
+        tmp_path: Path) -> None:
+    from models import cspine_fracture
+    from models.cards import train_command, write_readme
+    from models.training import build_cache, train
+
+    definition = cspine_fracture.DEFINITION
+    seeds = [100_000, 100_001, 100_002]  # a dens break and two normals
+    build_cache([definition], seeds, tmp_path, workers=1)
+    parent = train(definition, tmp_path, train_seeds=seeds, val_seeds=seeds,
+                   out_folder=tmp_path / "parent" / definition.name, epochs=1, batch=8,
+                   log=lambda _: None)
+    parent_card = models.card(definition.name, root=tmp_path / "parent")
+    logged: list[str] = []
+    child = train(definition, tmp_path, train_seeds=seeds, val_seeds=seeds,
+                  out_folder=tmp_path / "child" / definition.name, epochs=1, batch=8,
+                  lr=1e-3, init_from=parent_card, log=logged.append)
+    # epoch 0 scores the starting weights: the parent's own best validation AUC, exactly
+    assert child.history[0] == {"epoch": 0, "val_auc": parent.validation_auc, "minutes": 0.0}
+    assert any(line.startswith("cspine_fracture: starting from cspine_fracture "
+                               f"{parent_card.version}") for line in logged)
+    card = models.card(definition.name, root=tmp_path / "child")
+    if child.history[1]["val_auc"] <= parent.validation_auc:  # not beaten: the same weights
+        assert card.weights_sha256 == parent_card.weights_sha256
+    assert card.raw["training"]["initialised_from"] == {
+        "name": "cspine_fracture", "version": parent_card.version,
+        "weights_sha256": parent_card.weights_sha256}
+    assert card.raw["training"]["data"].endswith(f"; fine-tuned from cspine_fracture "
+                                                 f"{parent_card.version}")
+    line = train_command(definition.name, card.raw["training"])
+    assert line.endswith("--lr 0.001 --init-from DIR")
+    args = parser().parse_args(line.split()[2:])
+    assert (args.lr, args.init_from) == (1e-3, Path("DIR"))
+    write_readme(card)
+    assert f"# DIR: a models folder holding cspine_fracture {parent_card.version} (weights " \
+        f"sha256 {parent_card.weights_sha256[:16]}" in (card.folder / "README.md").read_text()
+
+    mapped = dataclasses.replace(definition, network={**definition.network, "head": "map"})
+    with pytest.raises(ValueError, match="network"):
+        train(mapped, tmp_path, train_seeds=seeds, val_seeds=seeds, epochs=1,
+              out_folder=tmp_path / "x" / definition.name, init_from=parent_card)
+    (parent_card.weights_path).write_bytes(b"not these weights")
+    with pytest.raises(models.WeightsError):
+        train(definition, tmp_path, train_seeds=seeds, val_seeds=seeds, epochs=1,
+              out_folder=tmp_path / "x" / definition.name, init_from=parent_card)
+
+
+def test_init_from_is_checked_before_any_data_is_generated(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from models.__main__ import main
+
+    cache = tmp_path / "cache"
+    for argv, message in (
+            (["--init-from", "models"], "is where the new weights would be written"),
+            (["--init-from", "models", "--head", "map", "--out", str(tmp_path / "o")],
+             "--init-from: .* network"),
+            (["--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+             "no model card")):
+        try:
+            code = main(["train", "cspine_fracture", "--train-cases", "2", "--val-cases", "1",
+                         "--cache", str(cache), *argv])
+            error = capsys.readouterr().err
+        except SystemExit as exc:
+            code, error = 2, str(exc)
+        assert code != 0 and re.search(message, error), (argv, error)
+    assert not cache.exists()
