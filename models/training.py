@@ -372,12 +372,15 @@ def train(
     device: str = "cpu",
     seed: int = 0,
     init_from: ModelCard | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> TrainResult:
     """Train ``definition`` on cached studies and write weights + metadata.json.
 
     ``extra_seeds`` (subtype or level → seeds, from :func:`seeds_drawn_with`) are trained on as
     well, and named apart in the card: an enriched set is not the generator's prevalence.
+
+    ``log`` gets a line per epoch; by default printed and flushed, so a log file shows each
+    epoch when it ends.
 
     ``init_from``: fine-tune — start from that card's (verified) weights instead of random
     ones.  Its network and preprocessing must be ``definition``'s.  The starting weights are
