@@ -140,6 +140,19 @@ def aggregate(probs: np.ndarray, threshold: float) -> tuple[float, int, tuple[in
     return study, key, (first, last)
 
 
+def card_state(card: ModelCard) -> dict[str, torch.Tensor]:
+    """The network state stored in a card's weight file, after checking its sha256.
+
+    Raises
+    ------
+    WeightsError
+        Missing file or checksum mismatch.
+    """
+    state: dict[str, torch.Tensor] = torch.load(card.verified_weights(), map_location="cpu",
+                                                weights_only=True)
+    return state
+
+
 class SliceDetector:
     """A :class:`models.detector.Detector` built from a card and its verified weights."""
 
@@ -148,8 +161,7 @@ class SliceDetector:
         self.device = torch.device(device)
         self.amp = amp  # None: bfloat16 autocast on CUDA only
         self.net = build_network(card)
-        state = torch.load(card.verified_weights(), map_location="cpu", weights_only=True)
-        self.net.load_state_dict(state)
+        self.net.load_state_dict(card_state(card))
         self.net.to(self.device).eval()
         self.ood_reference = card.verified_ood_reference()
 

@@ -34,7 +34,7 @@ from models.definition import Definition, eligibility_json
 from models.detector import INTENDED_USE, ModelCard, sha256_file
 from models.evaluation import roc_auc, threshold_for_specificity
 from models.preprocess import Preprocessing, prepare, window_channels
-from models.slicenet import SliceNet, aggregate
+from models.slicenet import SliceNet, aggregate, card_state
 from models.synthetic.generate import GENERATOR_REVISION, generate
 from models.synthetic.sampling import drawn_keys, sample_case
 from models.synthetic.spec import Region
@@ -344,6 +344,11 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+def _snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the network's state on the CPU (the best epoch so far)."""
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
 def check_same_model(definition: Definition, card: ModelCard) -> None:
     """Fine-tuning needs the same network and the same inputs as the card it starts from."""
     if card.name != definition.name:
@@ -412,8 +417,7 @@ def train(
     net = SliceNet(cfg.channels, definition.network).to(dev)
     if init_from is not None:
         check_same_model(definition, init_from)
-        net.load_state_dict(torch.load(init_from.verified_weights(), map_location="cpu",
-                                       weights_only=True))
+        net.load_state_dict(card_state(init_from))
         log(f"{definition.name}: starting from {init_from.name} {init_from.version} "
             f"({init_from.folder}, weights sha256 {init_from.weights_sha256[:12]}…)")
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -435,7 +439,7 @@ def train(
     started = time.monotonic()
     if init_from is not None:  # the weights to beat
         auc = roc_auc(val_labels, study_scores(net, val_set, cfg, dev))
-        best = (auc, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        best = (auc, _snapshot(net))
         history.append({"epoch": 0, "val_auc": auc, "minutes": 0.0})
         log(f"epoch 0 (the starting weights): validation AUC {auc:.4f}")
     for epoch in range(1, epochs + 1):
@@ -462,7 +466,7 @@ def train(
         log(f"epoch {epoch}/{epochs}: loss {np.mean(losses):.4f}, validation AUC {auc:.4f} "
             f"({(time.monotonic() - started) / 60:.1f} min)")
         if best is None or auc > best[0]:
-            best = (auc, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+            best = (auc, _snapshot(net))
     if best is None:
         raise ValueError("epochs must be at least 1")
     net.load_state_dict(best[1])
