@@ -60,11 +60,14 @@ def available() -> list[ModelCard]:
     return cards
 
 
-def load(name: str, *, device: str = "cpu", root: Path | None = None) -> Detector:
+def load(name: str, *, device: str = "cpu", root: Path | None = None,
+         flip_average: bool | None = None) -> Detector:
     """Load detector ``name`` with its sha256-verified weights onto ``device``.
 
     ``root``: a folder with ``<name>/metadata.json`` (an experiment's ``models train --out``)
-    instead of the bundled detectors.
+    instead of the bundled detectors.  ``flip_average``: switch the card's test-time flip
+    averaging on or off for this detector only (``None``: as the card says); used to choose
+    a threshold with it before the card is changed.
 
     Raises
     ------
@@ -74,6 +77,8 @@ def load(name: str, *, device: str = "cpu", root: Path | None = None) -> Detecto
         Weight file missing or not the one the card names.
     """
     model_card = card(name, root=root)  # raises for an unknown name before any import is tried
+    if flip_average is not None:
+        model_card = model_card.with_flip_average(flip_average)
     module = importlib.import_module(f"models.{name}")
     detector: Detector = module.build(model_card, device=device)
     return detector

@@ -276,7 +276,8 @@ def _score(args: argparse.Namespace, finding: str, verb: str,
     if args.data:
         if not args.labels:
             raise SystemExit("--data needs --labels (CSV: study_instance_uid,finding,...)")
-        detectors = [models.load(args.name, device=args.device, root=root) for root in roots]
+        detectors = [models.load(args.name, device=args.device, root=root,
+                                 flip_average=_flip_average(args)) for root in roots]
         labels = assess.read_site_labels(args.labels)
         scored, skipped = assess.score_folder(detectors, args.data, labels, finding)
         timings: list[float] = []
@@ -284,8 +285,14 @@ def _score(args: argparse.Namespace, finding: str, verb: str,
         seeds = list(range(args.seed_base, args.seed_base + args.cases))
         scored, skipped, timings = assess.score_synthetic(
             args.name, seeds, roots=roots, workers=args.workers, device=args.device,
-            progress=progress_printer(f"{verb} {args.name}"))
+            flip_average=_flip_average(args), progress=progress_printer(f"{verb} {args.name}"))
     return scored[0], skipped, timings, scored[1] if baseline is not None else []
+
+
+def _flip_average(args: argparse.Namespace) -> bool | None:
+    """``--flip-average on|off`` where the command has it; ``None``: as the card says."""
+    choice = getattr(args, "flip_average", None)
+    return None if choice is None else choice == "on"
 
 
 def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
@@ -316,12 +323,16 @@ def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
         threshold, metrics = evaluation.operating_point(labels, scores, target)
     except ValueError as exc:
         raise SystemExit(f"{args.name}: {exc}") from None
+    flip = _flip_average(args)
+    switched = flip is not None and flip != card.flip_average
     now_sens = float((scores[labels] >= card.threshold).mean())
     now_spec = float((scores[~labels] < card.threshold).mean())
     print(f"{args.name}: {metrics['studies']} studies ({metrics['positives']} positive, "
-          f"{len(skipped)} not analysed), AUC {metrics['auc']['value']}")
+          f"{len(skipped)} not analysed), AUC {metrics['auc']['value']}"
+          + (f" with flip averaging {args.flip_average}" if switched else ""))
     print(f"  now   threshold {card.threshold:.6f}: sensitivity {now_sens:.4f}, "
-          f"specificity {now_spec:.4f}")
+          f"specificity {now_spec:.4f}" + (f" (scored with flip averaging {args.flip_average})"
+                                             if switched else ""))
     print(f"  chose threshold {threshold:.6f}: sensitivity {metrics['sensitivity']['value']} "
           f"{metrics['sensitivity']['ci95']}, specificity {metrics['specificity']['value']} "
           f"{metrics['specificity']['ci95']} (target {target:g})")
@@ -336,10 +347,15 @@ def cmd_calibrate_threshold(args: argparse.Namespace) -> int:
         print("dry run: the card is unchanged")
         return 0
     rule = f"specificity >= {target:g} on {metrics['studies']} validation studies"
-    version = cards.record_operating_point(card, threshold, metrics, rule=rule, source=source)
+    version = cards.record_operating_point(card, threshold, metrics, rule=rule, source=source,
+                                           flip_average=flip)
     print(f"wrote {card.folder / 'metadata.json'} (version {version}) and README.md; the "
           f"held-out figures were measured at the old threshold: rerun `triage models eval "
           f"{args.name} --update-card`")
+    if switched:
+        print(f"  flip averaging {args.flip_average}: the key slice, whose features the OOD "
+              f"gate reads, is chosen another way; refit it once this card is in place: "
+              f"`triage models calibrate-ood {args.name}`")
     return 0
 
 
@@ -533,6 +549,11 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--device", default="cpu")
     h.add_argument("--models-dir", type=Path,
                    help="recalibrate the card in MODELS_DIR/<name> instead of the bundled one")
+    h.add_argument("--flip-average", choices=["on", "off"],
+                   help="score with test-time flip averaging switched on or off (each slice's "
+                        "probability the mean of the slice's and its left-right mirror's; "
+                        "twice the network time) and record it in the card with the threshold "
+                        "(default: as the card has it)")
     h.add_argument("--dry-run", action="store_true",
                    help="print the threshold it would choose; change nothing")
     h.set_defaults(fn=cmd_calibrate_threshold)

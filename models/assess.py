@@ -79,9 +79,11 @@ def synthetic_attributes(labels: dict[str, Any], finding: str) -> tuple[bool, di
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(name: str, device: str, roots: tuple[Path | None, ...]) -> None:
+def _init_worker(name: str, device: str, roots: tuple[Path | None, ...],
+                 flip_average: bool | None) -> None:
     torch.set_num_threads(1)
-    _WORKER["detectors"] = [models.load(name, device=device, root=root) for root in roots]
+    _WORKER["detectors"] = [models.load(name, device=device, root=root,
+                                        flip_average=flip_average) for root in roots]
     _WORKER["name"] = name
 
 
@@ -132,6 +134,7 @@ def score_synthetic(
     roots: Sequence[Path | None],
     workers: int = 2,
     device: str = "cpu",
+    flip_average: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[list[StudyResult]], list[str], list[float]]:
     """Score held-out synthetic studies with the card in each of ``roots`` (None: bundled).
@@ -139,13 +142,13 @@ def score_synthetic(
     Each study is rendered once and scored by every card, so two models are compared on
     the same studies for little more than the time of one evaluation.  Returns one result
     list per root (the same studies, in the same order), the not-analysed reasons, and the
-    first card's inference times.
+    first card's inference times.  ``flip_average``: as in :func:`models.load`.
     """
     scored: list[list[StudyResult]] = [[] for _ in roots]
     skipped: list[str] = []
     timings: list[float] = []
     with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
-                             initargs=(name, device, tuple(roots))) as pool:
+                             initargs=(name, device, tuple(roots), flip_average)) as pool:
         for done, (results, reason, elapsed) in enumerate(pool.map(_evaluate_seed, seeds), 1):
             if results:
                 for into, result in zip(scored, results, strict=True):

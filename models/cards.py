@@ -77,20 +77,27 @@ def next_patch_version(version: str) -> str:
 
 
 def record_operating_point(card: ModelCard, threshold: float, metrics: dict[str, Any], *,
-                           rule: str, source: str) -> str:
+                           rule: str, source: str, flip_average: bool | None = None) -> str:
     """Store a re-chosen threshold in metadata.json and README.md; returns the new version.
 
     The weights are unchanged but the flags are not, so the version moves on a patch step
     (results in the worklist carry it) and the changelog says why.  A held-out evaluation
     made at the old threshold is kept and marked stale until the next ``eval --update-card``.
+    ``flip_average``: the threshold was chosen with test-time flip averaging switched on or
+    off (``None``: as the card has it), which the card then says.
     """
     data = dict(card.raw)
     old = float(data["threshold"])
     version = next_patch_version(str(data.get("version", "0.0.0")))
+    switched = ""
+    if flip_average is not None and flip_average != card.flip_average:
+        data["aggregation"] = {**data.get("aggregation", {}), "flip_average": flip_average}
+        switched = (f"test-time flip averaging switched {'on' if flip_average else 'off'}, "
+                    "scores change; ")
     data["version"] = version
     data["changelog"] = {
         **data.get("changelog", {}),
-        version: (f"threshold {old:.4f} -> {threshold:.4f}: {rule} ({source}); "
+        version: (f"{switched}threshold {old:.4f} -> {threshold:.4f}: {rule} ({source}); "
                   "weights unchanged"),
     }
     data["threshold"] = threshold
@@ -152,17 +159,20 @@ def eval_command(name: str, perf: dict[str, Any] | None) -> str:
     return " ".join([*parts, "--update-card"])
 
 
-def threshold_command(name: str, op: dict[str, Any]) -> str | None:
+def threshold_command(name: str, op: dict[str, Any], *, flip_average: bool = False
+                      ) -> str | None:
     """The ``triage models calibrate-threshold`` line that re-chose a card's threshold on
     synthetic validation seeds after training (None where training's own choice stands or a
-    site's data chose it): training alone would give another threshold."""
+    site's data chose it): training alone would give another threshold.  Training never
+    switches flip averaging on, so a card with it on was calibrated with it."""
     seeds = _seed_range("synthetic validation", op.get("source"))
     target = re.match(r"specificity >= ([0-9.]+) on", op.get("rule", ""))
     if not (seeds and target):
         return None
     first, cases = seeds
     return (f"triage models calibrate-threshold {name} --specificity {target[1]} "
-            f"--cases {cases} --seed-base {first}")
+            f"--cases {cases} --seed-base {first}"
+            + (" --flip-average on" if flip_average else ""))
 
 
 def _seed_range(kind: str, source: str | None) -> tuple[int, int] | None:
@@ -178,7 +188,8 @@ def write_readme(card: ModelCard) -> None:
     train = data.get("training", {})
     elig = data["eligibility"]
     prep = data["preprocessing"]
-    chosen = threshold_command(card.name, data.get("operating_point", {}))
+    chosen = threshold_command(card.name, data.get("operating_point", {}),
+                               flip_average=card.flip_average)
     lines = [
         f"# Model card: `{card.name}` {card.version}",
         "",
@@ -200,7 +211,10 @@ def write_readme(card: ModelCard) -> None:
            "crop's centre (bilateral comparison)." if prep.get("mirror") else "."),
         f"- Output: study probability (threshold {card.threshold:.4f}, "
         f"{data['operating_point']['rule']}), the slice range above threshold, the key slice "
-        "and a feature vector for out-of-distribution and drift monitoring.",
+        "and a feature vector for out-of-distribution and drift monitoring."
+        + (" Test-time flip averaging: each slice's probability is the mean of the slice's "
+           "and its left-right mirror's (twice the network time; the feature vector is the "
+           "unmirrored slices')." if card.flip_average else ""),
         _operating_point_line(data["operating_point"]),
         f"- Weights: `{data['weights']['file']}`, sha256 `{data['weights']['sha256']}` "
         "(checked at every load).",

@@ -10,6 +10,7 @@ Errors::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -134,6 +135,18 @@ class ModelCard:
     @property
     def weights_path(self) -> Path:
         return self.folder / self.weights_file
+
+    @property
+    def flip_average(self) -> bool:
+        """Test-time flip averaging: each slice's probability is the mean of the slice's and
+        its left-right mirror's (``aggregation.flip_average``; absent means off)."""
+        return bool(self.raw.get("aggregation", {}).get("flip_average", False))
+
+    def with_flip_average(self, on: bool) -> ModelCard:
+        """This card with flip averaging switched ``on`` or off, in memory only (a threshold
+        is re-chosen with it before a card that says so is written)."""
+        aggregation = {**self.raw.get("aggregation", {}), "flip_average": on}
+        return dataclasses.replace(self, raw={**self.raw, "aggregation": aggregation})
 
     @property
     def ood(self) -> dict[str, Any] | None:

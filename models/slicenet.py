@@ -101,11 +101,16 @@ def build_network(card: ModelCard) -> SliceNet:
 
 
 def score_slices(net: SliceNet, slices: torch.Tensor, *, device: torch.device,
-                 batch: int = 32, amp: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 batch: int = 32, amp: bool | None = None,
+                 flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Slice probabilities (S,) and features (S, F), without gradients.
 
     ``amp``: bfloat16 autocast; ``None`` means on CUDA only (the CPU path stays float32, which
     is faster there).  Tests run the bfloat16 path on the CPU to check it agrees.
+    ``flip``: each probability is the mean of the slice's and its left-right mirror's (test-
+    time flip averaging: findings occur on either side and training flips at random); twice
+    the network time.  The features stay those of the slices as they are, the input the OOD
+    reference was fitted on.
     """
     probs, feats = [], []
     use_amp = device.type == "cuda" if amp is None else amp
@@ -113,8 +118,13 @@ def score_slices(net: SliceNet, slices: torch.Tensor, *, device: torch.device,
                 if use_amp else nullcontext())
     with torch.inference_mode(), autocast:
         for start in range(0, slices.shape[0], batch):
-            logits, features = net(slices[start : start + batch].to(device, non_blocking=True))
-            probs.append(torch.sigmoid(logits.float()).cpu())
+            block = slices[start : start + batch].to(device, non_blocking=True)
+            logits, features = net(block)
+            prob = torch.sigmoid(logits.float())
+            if flip:
+                mirrored, _ = net(torch.flip(block, dims=(-1,)))
+                prob = (prob + torch.sigmoid(mirrored.float())) / 2
+            probs.append(prob.cpu())
             feats.append(features.float().cpu())
     return torch.cat(probs).numpy(), torch.cat(feats).numpy()
 
@@ -178,7 +188,8 @@ class SliceDetector:
         started = time.perf_counter()
         prepared = self.prepare(volume)
         prepared_at = time.perf_counter()
-        probs, feats = score_slices(self.net, prepared.slices, device=self.device, amp=self.amp)
+        probs, feats = score_slices(self.net, prepared.slices, device=self.device, amp=self.amp,
+                                    flip=self.card.flip_average)
         scored_at = time.perf_counter()
         study, key, run = aggregate(probs, self.card.threshold)
         features = np.concatenate([feats.mean(axis=0), feats[key]]).astype(np.float32)

@@ -257,20 +257,28 @@ def test_calibrate_threshold_sets_the_operating_point_on_validation_seeds(
     refused = subprocess.run([*run, "--seed-base", "900000", "--cases", "4"],
                              capture_output=True, text=True, timeout=120, cwd=REPO)
     assert refused.returncode != 0 and "not all validation seeds" in refused.stderr
-    res = subprocess.run([*run, "--cases", "12", "--specificity", "0.8"],
+    # chosen with test-time flip averaging switched on, which the card then says
+    flip = "off" if before.flip_average else "on"
+    res = subprocess.run([*run, "--cases", "12", "--specificity", "0.8", "--flip-average", flip],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert "note: " in res.stdout and "use at least 50 negatives" in res.stdout  # 12 studies
+    assert "calibrate-ood hemorrhage" in res.stdout  # the key slice is chosen another way
     after = models.card("hemorrhage", root=tmp_path)
     assert after.version == next_patch_version(before.version) != before.version
     assert after.weights_sha256 == before.weights_sha256
+    assert after.flip_average is (flip == "on")
     op = after.raw["operating_point"]
     assert op["studies"] == 12 and "500000-500011" in op["source"]
     assert op["rule"] == "specificity >= 0.8 on 12 validation studies"
     assert after.version in after.raw["changelog"] and after.raw["performance"]["stale"] is True
+    assert f"flip averaging switched {flip}" in after.raw["changelog"][after.version]
     readme = (tmp_path / "hemorrhage" / "README.md").read_text()
     assert "Stale" in readme and "Operating point chosen on 12 studies" in readme
-    # Scored again independently: the stored threshold is the lowest with specificity >= 0.8.
+    assert ("Test-time flip averaging" in readme) is after.flip_average
+    assert f"--flip-average {flip}" in readme or flip == "off"
+    # Scored again independently, with the card as written (flip averaging as recorded):
+    # the stored threshold is the lowest with specificity >= 0.8.
     results, skipped, _ = evaluate_synthetic("hemorrhage", range(500_000, 500_012), workers=1,
                                              root=tmp_path)
     assert not skipped

@@ -272,9 +272,13 @@ def test_the_card_says_how_its_threshold_was_re_chosen() -> None:
     assert threshold_command("stroke", {"rule": "specificity >= 0.9 on the validation "
                                                 "studies", "source": None}) is None
     assert threshold_command("stroke", {**op, "source": "site data /data/site"}) is None
+    flipped = threshold_command("hemorrhage", op, flip_average=True)
+    assert flipped == line + " --flip-average on"
+    assert parser().parse_args(flipped.split()[2:]).flip_average == "on"
     for name in models.DETECTORS:  # a bundled card re-chosen after training says how
         card = models.card(name)
-        chosen = threshold_command(name, card.raw["operating_point"])
+        chosen = threshold_command(name, card.raw["operating_point"],
+                                   flip_average=card.flip_average)
         readme = (card.folder / "README.md").read_text()
         assert chosen is None or chosen in readme
         assert (chosen is None) == ("calibrate-threshold " + name + " --specificity"
@@ -405,6 +409,40 @@ def test_mirrored_channels_are_the_first_half_flipped_in_training_and_inference(
         assert shifts
         moved.append(0 not in shifts)
     assert any(moved)  # mirrored after the shift, the two would always line up unmoved
+
+
+def test_flip_averaging_scores_each_slice_as_the_mean_of_it_and_its_mirror() -> None:
+    from models.slicenet import aggregate, score_slices
+
+    card = models.card("hemorrhage")
+    assert card.with_flip_average(True).flip_average
+    assert not card.with_flip_average(False).flip_average
+    assert models.card("hemorrhage").raw == card.raw  # switched in memory only
+    plain = models.load("hemorrhage", flip_average=False)
+    both = models.load("hemorrhage", flip_average=True)
+    assert both.card.flip_average and not plain.card.flip_average
+    volume = generate(sample_case(900_003, Region.HEAD)).volume()
+    slices = plain.prepare(volume).slices
+    device = torch.device("cpu")
+    p, f = score_slices(plain.net, slices, device=device)
+    q, _ = score_slices(plain.net, slices.flip(-1), device=device)
+    m, g = score_slices(plain.net, slices, device=device, flip=True)
+    assert not np.allclose(p, q, atol=1e-4)  # the network is not symmetric by construction
+    np.testing.assert_allclose(m, (p + q) / 2, atol=1e-6)
+    np.testing.assert_array_equal(g, f)  # features: the slices as they are (OOD reference)
+    a, b = plain(volume), both(volume)
+    assert a.probability == pytest.approx(aggregate(p, 2.0)[0], abs=1e-6)
+    assert b.probability == pytest.approx(aggregate(m, 2.0)[0], abs=1e-6)
+    assert b.probability != pytest.approx(a.probability, abs=1e-6)
+    np.testing.assert_allclose(b.features, a.features, atol=1e-6)
+    symmetric = torch.cat([slices[..., :92], slices[..., :92].flip(-1)], dim=-1)
+    s0, _ = score_slices(plain.net, symmetric, device=device)
+    s1, _ = score_slices(plain.net, symmetric, device=device, flip=True)
+    np.testing.assert_allclose(s1, s0, atol=1e-5)  # a mirror-symmetric input: no change
+    assert parser().parse_args(["calibrate-threshold", "hemorrhage", "--flip-average",
+                                "on"]).flip_average == "on"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["calibrate-threshold", "hemorrhage", "--flip-average", "yes"])
 
 
 def test_the_cache_follows_sampling_and_generator_not_windows() -> None:
