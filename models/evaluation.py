@@ -181,19 +181,37 @@ def report(results: Sequence[StudyResult], *, strata: Sequence[str], threshold: 
     """
     overall = _metrics(results, seed=seed)
     out: dict[str, Any] = {"threshold": threshold, "overall": overall, "strata": {}}
-    shortfalls = []
     for attribute in strata:
-        table = {}
-        for value, members in _stratum_groups(results, attribute, lambda r: r):
-            metrics = _metrics(members, seed=seed)
-            table[value] = metrics
+        out["strata"][attribute] = {
+            value: _metrics(members, seed=seed)
+            for value, members in _stratum_groups(results, attribute, lambda r: r)}
+    out["strata_below_overall_by_more_than_5_points"] = shortfalls(
+        overall, out["strata"], min_points=min_points)
+    return out
+
+
+def shortfalls(overall: dict[str, Any], strata: dict[str, dict[str, dict[str, Any]]], *,
+               min_points: float = 0.05) -> list[str]:
+    """One line per stratum measure more than ``min_points`` below overall.
+
+    Each line gives the stratum's 95 % CI and says whether it lies wholly below the overall
+    value (a gap the data support) or reaches it (a small stratum may fall this far by
+    chance).  Works on the stored metrics of a card as well as on a fresh report.
+    """
+    lines = []
+    for attribute, table in strata.items():
+        for value, metrics in table.items():
             for name in ("auc", "sensitivity", "specificity"):
                 base, mine = overall[name]["value"], metrics[name]["value"]
-                if base is not None and mine is not None and mine < base - min_points:
-                    shortfalls.append(f"{attribute}={value}: {name} {mine:.3f} vs {base:.3f}")
-        out["strata"][attribute] = table
-    out["strata_below_overall_by_more_than_5_points"] = shortfalls
-    return out
+                if base is None or mine is None or mine >= base - min_points:
+                    continue
+                lo, hi = metrics[name]["ci95"]
+                verdict = ("its CI lies below overall" if hi is not None and hi < base
+                           else "its CI reaches overall: may be chance")
+                interval = f" [{lo:.3f}-{hi:.3f}]" if lo is not None and hi is not None else ""
+                lines.append(f"{attribute}={value}: {name} {mine:.3f}{interval} vs {base:.3f} "
+                             f"({verdict})")
+    return lines
 
 
 def _stratum_groups(items: Sequence[T], attribute: str, study: Callable[[T], StudyResult]

@@ -11,6 +11,7 @@ from models.evaluation import (
     compare,
     report,
     roc_auc,
+    shortfalls,
     threshold_for_specificity,
     wilson,
 )
@@ -64,8 +65,30 @@ def test_report_strata_and_shortfalls() -> None:
     assert rep["strata"]["manufacturer"]["B"]["sensitivity"]["value"] == 0.0
     # the subtype stratum holds its positives plus every negative
     assert rep["strata"]["subtype"]["x"]["n"] == 40
-    assert any(s.startswith("manufacturer=B: sensitivity")
-               for s in rep["strata_below_overall_by_more_than_5_points"])
+    [line] = [s for s in rep["strata_below_overall_by_more_than_5_points"]
+              if s.startswith("manufacturer=B: sensitivity")]
+    # 0 of 10 positives: Wilson's upper bound (0.278) is below 0.5, so the gap is supported
+    assert line == ("manufacturer=B: sensitivity 0.000 [0.000-0.278] vs 0.500 "
+                    "(its CI lies below overall)")
+
+
+def test_a_shortfall_says_whether_its_interval_reaches_overall() -> None:
+    overall = {"auc": {"value": 0.96, "ci95": [0.95, 0.97]},
+               "sensitivity": {"value": 0.92, "ci95": [0.90, 0.94]},
+               "specificity": {"value": 0.89, "ci95": [0.87, 0.90]}}
+    def m(spec: float, lo: float, hi: float) -> dict[str, dict[str, object]]:
+        return {"auc": {"value": 0.96, "ci95": [0.9, 0.99]},
+                "sensitivity": {"value": None, "ci95": [None, None]},
+                "specificity": {"value": spec, "ci95": [lo, hi]}}
+    strata = {"slice_thickness": {"1 mm": m(0.829, 0.75, 0.89), "3 mm": m(0.80, 0.76, 0.84),
+                                  "5 mm": m(0.85, 0.80, 0.90)}}
+    assert shortfalls(overall, strata) == [
+        "slice_thickness=1 mm: specificity 0.829 [0.750-0.890] vs 0.890 "
+        "(its CI reaches overall: may be chance)",
+        "slice_thickness=3 mm: specificity 0.800 [0.760-0.840] vs 0.890 "
+        "(its CI lies below overall)",
+    ]  # 5 mm is 4 points below: not listed
+    assert shortfalls(overall, strata, min_points=0.1) == []
 
 
 def _studies(scores: np.ndarray, labels: np.ndarray, subtypes: list[str],
