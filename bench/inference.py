@@ -40,9 +40,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    flip = None if args.flip_average is None else args.flip_average == "on"
     results = {}
     for card in models.available():
-        flip = None if args.flip_average is None else args.flip_average == "on"
         detector = models.load(card.name, device=args.device, flip_average=flip)
         region = REGION_OF[card.name]
         volumes = []
