@@ -203,7 +203,7 @@ def test_sr_findings_codes_and_measurements(report: StudyReport, tmp_path: Path)
     expected = {
         "hemorrhage": (("1386000", "SCT"), "52101004", 93.4, 50.0, "ich_ct"),  # Present
         "stroke": (("422504002", "SCT"), "272519000", 8.0, 40.0, "stroke_ct"),  # Absent
-        "cspine_fracture": (("262558009", "SCT"), "373068000", 61.0, 50.0, "cspine_ct"),
+        "cspine_fracture": (("125605004", "SCT"), "373068000", 61.0, 50.0, "cspine_ct"),
     }
     for name, (code, presence, certainty, threshold, model) in expected.items():
         group = found[name]
@@ -218,7 +218,10 @@ def test_sr_findings_codes_and_measurements(report: StudyReport, tmp_path: Path)
         algorithm = concept_texts(group)
         assert (algorithm["111001"], algorithm["111003"]) == ([model], ["1.2.0"])
         assert f"weights_sha256={SHA}" in algorithm["111002"]
-        assert group.finding_sites
+        # the C-spine finding is "Fracture of bone" at this site: the site carries the meaning
+        site = "122494005" if name == "cspine_fracture" else "12738006"
+        assert [(f.value.value, f.value.scheme_designator) for f in group.finding_sites] == [
+            (site, "SCT")]
 
 
 def test_sr_references_key_image_and_slice_range(report: StudyReport, tmp_path: Path) -> None:

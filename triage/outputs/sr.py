@@ -85,14 +85,15 @@ def _dcm(value: str, meaning: str) -> Code:
 
 
 # Findings by detector name: (finding, finding site).  SNOMED CT concepts; an unknown detector
-# falls back to "Clinical finding" and keeps its own name in the tracking identifier.
+# falls back to "Clinical finding" and keeps its own name in the tracking identifier.  The
+# C-spine finding is post-coordinated, "Fracture of bone" at the finding site "Cervical spine":
+# both concepts are in published sources (the root concept of SNOMED International's fracture
+# template; PS3.16), while no pre-coordinated "fracture of cervical spine" code could be checked.
 _BRAIN = _sct("12738006", "Brain")
 _FINDINGS: dict[str, tuple[Code, Code | None]] = {
     "hemorrhage": (_sct("1386000", "Intracranial hemorrhage"), _BRAIN),
     "stroke": (_sct("422504002", "Ischemic stroke"), _BRAIN),
-    "cspine_fracture": (
-        _sct("262558009", "Fracture of cervical spine"), _sct("122494005", "Cervical spine")
-    ),
+    "cspine_fracture": (_sct("125605004", "Fracture of bone"), _sct("122494005", "Cervical spine")),
 }
 _CLINICAL_FINDING = _sct("404684003", "Clinical finding")
 _PRESENT = _sct("52101004", "Present")  # CID 240
