@@ -200,15 +200,16 @@ def test_sr_findings_codes_and_measurements(report: StudyReport, tmp_path: Path)
     write_read(build_sr(report, device=DEVICE, predecessor=None), tmp_path / "sr.dcm")
     found = groups(read_sr(tmp_path / "sr.dcm"))
     assert set(found) == {"hemorrhage", "stroke", "cspine_fracture"}
+    # (finding, finding site): the C-spine finding is "Fracture of bone", the site says where
     expected = {
-        "hemorrhage": (("1386000", "SCT"), "52101004", 93.4, 50.0, "ich_ct"),  # Present
-        "stroke": (("422504002", "SCT"), "272519000", 8.0, 40.0, "stroke_ct"),  # Absent
-        "cspine_fracture": (("125605004", "SCT"), "373068000", 61.0, 50.0, "cspine_ct"),
+        "hemorrhage": (("1386000", "12738006"), "52101004", 93.4, 50.0, "ich_ct"),  # Present
+        "stroke": (("422504002", "12738006"), "272519000", 8.0, 40.0, "stroke_ct"),  # Absent
+        "cspine_fracture": (("125605004", "122494005"), "373068000", 61.0, 50.0, "cspine_ct"),
     }
-    for name, (code, presence, certainty, threshold, model) in expected.items():
+    for name, ((code, site), presence, certainty, threshold, model) in expected.items():
         group = found[name]
-        assert (group.finding_type.value, group.finding_type.scheme_designator) == code
-        assert finding_code(name).value == code[0]
+        assert (group.finding_type.value, group.finding_type.scheme_designator) == (code, "SCT")
+        assert finding_code(name).value == code
         (evaluation,) = group.get_qualitative_evaluations(name=group.finding_type)
         assert evaluation.value.value == presence
         assert evaluation.name == group.finding_type
@@ -218,8 +219,6 @@ def test_sr_findings_codes_and_measurements(report: StudyReport, tmp_path: Path)
         algorithm = concept_texts(group)
         assert (algorithm["111001"], algorithm["111003"]) == ([model], ["1.2.0"])
         assert f"weights_sha256={SHA}" in algorithm["111002"]
-        # the C-spine finding is "Fracture of bone" at this site: the site carries the meaning
-        site = "122494005" if name == "cspine_fracture" else "12738006"
         assert [(f.value.value, f.value.scheme_designator) for f in group.finding_sites] == [
             (site, "SCT")]
 
