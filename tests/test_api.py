@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 
 from tests.dicom_factory import write_series
+from triage import reports
 from triage.api import create_app
 from triage.assembly import Assembler
 from triage.config import DEFAULT_RULES_FILE, Settings, load_settings
@@ -176,6 +178,71 @@ def test_flagged_study_sorts_first_and_feedback_round_trips(
     assert client.post(f"/api/studies/{uid}/feedback",
                        json={"detector": "hemorrhage", "verdict": "maybe"}).status_code == 422
     assert client.get("/api/studies/1.2.3").status_code == 404
+
+
+def test_a_retraction_withdraws_the_flag_on_the_worklist_as_on_every_channel(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    store = Store(settings.spool, db)
+    ledger = JobLedger(db)
+    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    stage(store, tmp_path / "old", 20)  # waiting longest, nothing found
+    stage(store, tmp_path / "bleed", 20, priority="STAT")  # ordered STAT, flagged
+    uids = {}
+    for ready in (r for r in assembler.sweep(now=time.time() + 60) if r.job_id):
+        claim = ledger.claim(str(ready.job_id), owner="w:1")
+        assert isinstance(claim, Claim)
+        bleed = claim.study_instance_uid == str(
+            dcmread(next((tmp_path / "bleed").glob("*.dcm"))).StudyInstanceUID)
+        ledger.complete(claim, _result(0.97, True) if bleed else _result(0.1, False))
+        uids["bleed" if bleed else "old"] = claim.study_instance_uid
+        reports.refresh(db, claim.study_instance_uid, [])
+    uid = uids["bleed"]
+    client = TestClient(create_app(settings, db))
+
+    def listed() -> list[dict[str, Any]]:
+        studies: list[dict[str, Any]] = client.get("/api/worklist").json()["studies"]
+        return studies
+
+    assert [(s["study_instance_uid"], s["priority"]) for s in listed()] == [
+        (uid, "HIGH"), (uids["old"], "LOW")]
+
+    # an admin withdraws the AI result (loopback: no login, full rights)
+    assert client.post(f"/api/studies/{uid}/retract",
+                       json={"reason": "motion, wrong series"}).json() == {"version": 2}
+    top = listed()[0]
+    # still listed and still first, now for its STAT order: what PACS/RIS/UPS were sent
+    assert (top["study_instance_uid"], top["priority"], top["severity"]) == (uid, "MEDIUM", 0)
+    assert top["state"] == "NOT_ANALYSED"
+    assert top["series"][0]["reason"] == "AI result withdrawn by an admin: motion, wrong series"
+    (finding,) = top["findings"]
+    assert (finding["flagged"], finding["withdrawn"], finding["probability"]) == (
+        False, True, 0.97)
+    detail = client.get(f"/api/studies/{uid}").json()
+    assert [(r["status"], r["priority"]) for r in detail["reports"]] == [
+        ("FINAL", "HIGH"), ("RETRACTED", "MEDIUM")]
+    assert client.get("/api/worklist", params={"finding": "hemorrhage"}).json()[
+        "studies"] == []
+    # feedback still judges what the model said
+    posted = client.post(f"/api/studies/{uid}/feedback",
+                         json={"detector": "hemorrhage", "verdict": "disagree"})
+    assert posted.status_code == 201 and posted.json()["ai_flagged"] is True
+    assert reports.refresh(db, uid, []) is None  # the same analysis: the retraction stands
+
+    # a new revision whose analysis differs is a new result: it stands again, everywhere
+    late = write_series(tmp_path / "late", 1, study_uid=uid,
+                        series_uid=top["series"][0]["series_instance_uid"])
+    copy = store.incoming_dir / "late.in"
+    copy.write_bytes(late[0].read_bytes())
+    store.ingest(copy)
+    (ready,) = [r for r in assembler.sweep(now=time.time() + 120) if r.job_id]
+    claim = ledger.claim(str(ready.job_id), owner="w:1")
+    assert isinstance(claim, Claim)
+    ledger.complete(claim, _result(0.2, False))
+    assert reports.refresh(db, uid, []) == 3
+    top = listed()[0]
+    assert (top["state"], top["priority"]) == ("NO_FINDINGS", "MEDIUM")
+    assert [(f["flagged"], f["withdrawn"]) for f in top["findings"]] == [(False, False)]
 
 
 def test_worklist_page_is_served(settings: Settings, sqlite_db: Database) -> None:

@@ -63,6 +63,15 @@ def test_invalid_value_names_the_environment_key(monkeypatch: pytest.MonkeyPatch
         load_settings()
 
 
+def test_finding_severity_is_json_and_at_least_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIAGE_FINDING_SEVERITY", '{"hemorrhage": 5, "stroke": 1}')
+    assert load_settings().finding_severity == {"hemorrhage": 5, "stroke": 1}
+    # 0 would leave a flagged study FLAGGED yet not HIGH: refused rather than half-honoured
+    monkeypatch.setenv("TRIAGE_FINDING_SEVERITY", '{"hemorrhage": 0}')
+    with pytest.raises(ConfigError, match="TRIAGE_FINDING_SEVERITY"):
+        load_settings()
+
+
 def test_ae_title_longer_than_16_characters_is_refused() -> None:
     with pytest.raises(ConfigError, match="TRIAGE_AE_TITLE"):
         load_settings(ae_title="A" * 17)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from selenium.webdriver.support.ui import Select
 
 from tests.conftest import Proc, free_port, triage_argv, wait_for
 from tests.test_api import _result, stage
+from triage import reports
 from triage.assembly import Assembler
 from triage.config import DEFAULT_RULES_FILE, load_settings
 from triage.db import Database
@@ -86,6 +89,7 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     assert isinstance(claim, Claim)
     ledger.complete(claim, _result(0.97, True))
     bleed_uid = str(dcmread(next((tmp_path / "bleed").glob("*.dcm"))).StudyInstanceUID)
+    reports.refresh(db, bleed_uid, [])  # what the worker writes after each job
     # read in one script: the page may re-render the rows between two WebDriver calls
     seen = wait_for(lambda: (t := top_row()) and t["study"] == bleed_uid and t, 20,
                     what="flagged study on top")
@@ -144,4 +148,23 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     assert "1 verdicts" in driver.find_element(By.CSS_SELECTOR, "section").text
     background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(17, 20, 24)"
+
+    # an admin withdraws the AI result: the study stays listed, drops to where it would be
+    # without AI (LOW, the newest: last), and its finding reads as withdrawn, not as a flag
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/studies/{bleed_uid}/retract", method="POST",
+        data=json.dumps({"reason": "motion artefact"}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read()) == {"version": 2}
+    driver.get(f"http://127.0.0.1:{port}/")
+    wait_for(lambda: len(rows()) == 3, 20, what="three rows after the retraction")
+    order = driver.execute_script(
+        "return [...document.querySelectorAll('#rows tr')].map(r => [r.dataset.study,"
+        " r.dataset.state, r.innerText]);")
+    assert [o[0] for o in order].index(bleed_uid) == 2
+    _, state, text = order[2]
+    assert state == "NOT_ANALYSED" and "LOW" in text and "HIGH" not in text
+    assert "intracranial hemorrhage 97% · withdrawn" in text and "⚑" not in text
+    assert "AI result withdrawn by an admin: motion artefact" in text
     db.dispose()

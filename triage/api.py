@@ -81,6 +81,8 @@ class FindingOut(BaseModel):
     slices: int | None
     key_sop_instance_uid: str | None
     preview: str | None = Field(description="URL of the AI-generated key-slice preview (PNG)")
+    withdrawn: bool = Field(description="an admin retracted the study's AI result: it no "
+                            "longer flags (the series says why)")
 
 
 class SeriesOut(BaseModel):
@@ -509,7 +511,8 @@ def create_app(
               responses={403: {"description": "admins only"},
                          409: {"description": "no AI result stands for the study"}})
     def retract_result(study_uid: str, body: RetractIn, request: Request) -> RetractOut:
-        """Withdraw the study's AI result on every channel (admin).  The study stays listed."""
+        """Withdraw the study's AI result here and on every channel (admin).  The study stays
+        listed, its findings marked withdrawn, at the priority it would have without AI."""
         if request.state.role != "admin":
             raise HTTPException(403, "only admins can retract AI results")
         one_study(study_uid)

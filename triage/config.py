@@ -203,9 +203,10 @@ class Settings(BaseSettings):
         description="users and password hashes (`triage users add`); default <data_dir>/users.toml",
     )
     session_hours: float = Field(default=12.0, gt=0, le=24 * 14)
-    finding_severity: dict[str, int] = Field(
+    finding_severity: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {"hemorrhage": 3, "stroke": 3, "cspine_fracture": 2},
-        description="worklist rank of each detector's flag (higher first); JSON in the env",
+        description="worklist rank of each detector's flag (higher first, at least 1: every "
+        "flag makes the study HIGH); JSON in the env",
     )
 
     # --- flags back to the site ------------------------------------------------------------

@@ -61,8 +61,10 @@ class Dispatcher:
 
     def __init__(self, db: Database, spool: Path, destinations: Mapping[str, Destination],
                  channels: Mapping[str, Channel], *, lease_s: float = 300.0,
+                 severity: Mapping[str, int] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.db = db
+        self.severity = dict(severity) if severity is not None else None  # as the workers
         self.spool = spool
         self.destinations = dict(destinations)
         self.channels = dict(channels)
@@ -172,7 +174,8 @@ class Dispatcher:
             ).scalars().all()
         written = 0
         for study_uid in studies:
-            if reports.refresh(self.db, study_uid, list(self.destinations)) is not None:
+            if reports.refresh(self.db, study_uid, list(self.destinations),
+                               severity=self.severity) is not None:
                 written += 1
         return written
 

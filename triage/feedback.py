@@ -68,7 +68,8 @@ def record_feedback(db: Database, study_uid: str, *, detector: str, verdict: Ver
     FeedbackError
         Unknown study (status 404) or no such finding on the study (409).
     """
-    found = list_studies(db, study_uid=study_uid)
+    # The verdict judges what the model said, also when an admin has since withdrawn it.
+    found = list_studies(db, study_uid=study_uid, honour_retractions=False)
     if not found:
         raise FeedbackError("unknown study", status=404)
     finding, revision = _finding(found[0], detector, series_uid)

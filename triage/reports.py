@@ -32,7 +32,7 @@ from triage.outputs.report import (
     SourceImage,
     StudyReport,
 )
-from triage.worklist import StudyItem, list_studies
+from triage.worklist import StudyItem, list_studies, priority_of
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def latest_version(db: Database, study_uid: str) -> Any:
 def refresh(db: Database, study_uid: str, destinations: Sequence[str], *,
             severity: dict[str, int] | None = None, clock: float | None = None) -> int | None:
     """Write the next report version if the study's AI result changed; its number or None."""
-    found = list_studies(db, study_uid=study_uid, severity=severity)
+    found = list_studies(db, study_uid=study_uid, severity=severity, honour_retractions=False)
     if not found:
         return None
     item = found[0]
@@ -133,10 +133,13 @@ def retract(db: Database, study_uid: str, destinations: Sequence[str], *, reason
     last = latest_version(db, study_uid)
     if last is None or last.status == ReportStatus.RETRACTED:
         return None
-    signature = {"priority": Priority.LOW.value, "flags": [], "was": last.signature}
+    # The priority without AI: what the worklist shows once the result is withdrawn.
+    found = list_studies(db, study_uid=study_uid, honour_retractions=False)
+    priority = priority_of(0, stat=bool(found) and found[0].stat)
+    signature = {"priority": priority.value, "flags": [], "was": last.signature}
     # The withdrawn findings travel with the retraction: channels must name what they delete.
     return _write(db, study_uid, last.version + 1, status=ReportStatus.RETRACTED,
-                  priority=Priority.LOW, signature=signature, snapshot=list(last.findings),
+                  priority=priority, signature=signature, snapshot=list(last.findings),
                   destinations=destinations, reason=reason, clock=clock)
 
 

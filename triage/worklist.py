@@ -2,17 +2,23 @@
 
 The order is the product: flagged critical findings first (by configured severity, then
 score), then studies ordered STAT, then the longest-waiting.  Nothing is ever left out.
+
+An admin's retraction (the study's latest report version is RETRACTED, see
+:mod:`triage.reports`) withdraws the AI result here too, as on every channel: the findings
+stay visible but marked withdrawn and no longer flag, the analysed series read
+NOT_ANALYSED with the retraction's reason, and the priority is what it would be without AI,
+the one the site's PACS, RIS and UPS were sent.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 
-from triage.db import Database, jobs, series, studies
+from triage.db import Database, jobs, series, studies, study_reports
 from triage.domain import JobState, Priority, QueueName, SeriesState, WorkState
 
 # A study shows the first of its series' states in this order: a flag wins (the study must
@@ -58,6 +64,7 @@ class FindingItem:
     slices: int | None
     key_sop_instance_uid: str | None
     preview: str | None  # URL path of the key-slice PNG
+    withdrawn: bool = False  # an admin retracted the study's AI result: it does not flag
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +159,36 @@ def _findings(row: Any, study_uid: str, severity: dict[str, int]) -> tuple[Findi
     return tuple(items)
 
 
+#: The retraction status of :mod:`triage.reports` (kept as text: reports import this module).
+_RETRACTED = "RETRACTED"
+
+
+def _withdrawn(member: SeriesItem, reason: str) -> SeriesItem:
+    """``member`` with its AI result withdrawn (only analysed series carry one)."""
+    if member.state not in (WorkState.FLAGGED, WorkState.NO_FINDINGS):
+        return member
+    return replace(member, state=WorkState.NOT_ANALYSED,
+                   reason=f"AI result withdrawn by an admin: {reason}",
+                   findings=tuple(replace(f, flagged=False, severity=0, withdrawn=True)
+                                  for f in member.findings))
+
+
+def _retractions(conn: Any, uids: list[str]) -> dict[str, str]:
+    """Study UID → reason, for the studies whose latest report version is a retraction."""
+    if not uids:
+        return {}
+    latest = (sa.select(study_reports.c.study_instance_uid,
+                        sa.func.max(study_reports.c.version).label("version"))
+              .where(study_reports.c.study_instance_uid.in_(uids))
+              .group_by(study_reports.c.study_instance_uid).subquery())
+    rows = conn.execute(
+        sa.select(study_reports.c.study_instance_uid, study_reports.c.reason)
+        .join(latest, sa.and_(study_reports.c.study_instance_uid == latest.c.study_instance_uid,
+                              study_reports.c.version == latest.c.version))
+        .where(study_reports.c.status == _RETRACTED)).all()
+    return {r.study_instance_uid: r.reason or "no reason given" for r in rows}
+
+
 def priority_of(severity: int, stat: bool) -> Priority:
     """UPS-style priority of a study: a flag → HIGH, an ordered STAT → MEDIUM, else LOW."""
     if severity > 0:
@@ -167,10 +204,13 @@ def sort_key(item: StudyItem) -> tuple[int, float, bool, float]:
 
 def list_studies(db: Database, *, limit: int = 500,
                  severity: dict[str, int] | None = None,
-                 study_uid: str | None = None) -> list[StudyItem]:
+                 study_uid: str | None = None,
+                 honour_retractions: bool = True) -> list[StudyItem]:
     """Studies in worklist order (:func:`sort_key`); nothing is ever left out by state.
 
     ``limit`` bounds the most recent studies considered; ``study_uid`` selects one study.
+    ``honour_retractions=False`` gives the analysis as it stands, retracted or not (what
+    :mod:`triage.reports` compares with the versions it sent).
     """
     severity = DEFAULT_SEVERITY if severity is None else severity
     current_job = sa.and_(
@@ -202,6 +242,7 @@ def list_studies(db: Database, *, limit: int = 500,
             if uids
             else []
         )
+        retracted = _retractions(conn, uids) if honour_retractions else {}
     by_study: dict[str, list[SeriesItem]] = defaultdict(list)
     for row in series_rows:
         found = _findings(row, row.study_instance_uid, severity)
@@ -230,6 +271,8 @@ def list_studies(db: Database, *, limit: int = 500,
     items: list[StudyItem] = []
     for row in study_rows:
         members = tuple(by_study.get(row.study_instance_uid, ()))
+        if row.study_instance_uid in retracted:
+            members = tuple(_withdrawn(m, retracted[row.study_instance_uid]) for m in members)
         states = {m.state for m in members}
         state = next((s for s in _STUDY_ORDER if s in states), WorkState.RECEIVING)
         stat = any(m.queue is QueueName.STAT for m in members) or (

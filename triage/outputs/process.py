@@ -58,7 +58,8 @@ class OutputsProcess:
 
         channels = build_channels(settings, receipts=receipts, ups=ups)
         dispatcher = Dispatcher(self.db, settings.spool,
-                                {d.name: d for d in settings.destinations}, channels)
+                                {d.name: d for d in settings.destinations}, channels,
+                                severity=settings.finding_severity)
         self.thread = threading.Thread(target=dispatcher.serve, args=(self.stop_event,),
                                        name="dispatcher", daemon=True)
         self.thread.start()
