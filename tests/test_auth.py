@@ -78,7 +78,12 @@ def test_login_is_required_off_loopback(exposed: Settings, sqlite_db: Database) 
     add_user(exposed.users_file, "dr.a", "radiologist", "a long passphrase")
     client = TestClient(create_app(exposed, sqlite_db))
     assert client.get("/healthz").status_code == 200  # probes stay open
-    assert client.get("/api/worklist").status_code == 401
+    refused = client.get("/api/worklist")
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == 'Basic realm="triage"'
+    # the page's own polls get a challenge no browser answers with its password dialog
+    polled = client.get("/api/worklist", headers={"Sec-Fetch-Mode": "cors"})
+    assert polled.headers["www-authenticate"] == 'Session realm="triage"'
     page = client.get("/", follow_redirects=False)
     assert (page.status_code, page.headers["location"]) == (303, "/login")
     assert client.post("/login", data={"username": "dr.a", "password": "nope"}
@@ -89,6 +94,8 @@ def test_login_is_required_off_loopback(exposed: Settings, sqlite_db: Database) 
     cookie = login.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert client.get("/api/worklist").status_code == 200
+    assert client.get("/api/session").json() == {"user": "dr.a", "role": "radiologist",
+                                                 "login_required": True}
     assert client.get("/").status_code == 200
     # API clients: HTTP Basic
     other = TestClient(create_app(exposed, sqlite_db))
@@ -100,4 +107,7 @@ def test_login_is_required_off_loopback(exposed: Settings, sqlite_db: Database) 
 
 def test_loopback_needs_no_login(tmp_path: Path, sqlite_db: Database) -> None:
     settings = load_settings(data_dir=tmp_path / "data", spool_min_free_mb=0)
-    assert TestClient(create_app(settings, sqlite_db)).get("/api/worklist").status_code == 200
+    client = TestClient(create_app(settings, sqlite_db))
+    assert client.get("/api/worklist").status_code == 200
+    assert client.get("/api/session").json() == {"user": "local", "role": "admin",
+                                                 "login_required": False}

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +14,14 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import Proc, free_port, triage_argv, wait_for
 from tests.test_api import _result, stage
 from triage import reports
 from triage.assembly import Assembler
+from triage.auth import add_user
 from triage.config import DEFAULT_RULES_FILE, load_settings
 from triage.db import Database
 from triage.jobs import Claim, JobLedger
@@ -89,7 +89,6 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     assert isinstance(claim, Claim)
     ledger.complete(claim, _result(0.97, True))
     bleed_uid = str(dcmread(next((tmp_path / "bleed").glob("*.dcm"))).StudyInstanceUID)
-    reports.refresh(db, bleed_uid, [])  # what the worker writes after each job
     # read in one script: the page may re-render the rows between two WebDriver calls
     seen = wait_for(lambda: (t := top_row()) and t["study"] == bleed_uid and t, 20,
                     what="flagged study on top")
@@ -149,22 +148,89 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(17, 20, 24)"
 
-    # an admin withdraws the AI result: the study stays listed, drops to where it would be
-    # without AI (LOW, the newest: last), and its finding reads as withdrawn, not as a flag
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/studies/{bleed_uid}/retract", method="POST",
-        data=json.dumps({"reason": "motion artefact"}).encode(),
-        headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert json.loads(answer.read()) == {"version": 2}
-    driver.get(f"http://127.0.0.1:{port}/")
-    wait_for(lambda: len(rows()) == 3, 20, what="three rows after the retraction")
-    order = driver.execute_script(
-        "return [...document.querySelectorAll('#rows tr')].map(r => [r.dataset.study,"
-        " r.dataset.state, r.innerText]);")
-    assert [o[0] for o in order].index(bleed_uid) == 2
-    _, state, text = order[2]
+    db.dispose()
+
+
+def test_sign_in_roles_and_an_admin_withdrawing_an_ai_result(
+    spawn: Callable[..., Proc], browser: Any, tmp_path: Path
+) -> None:
+    driver = browser
+    port = free_port()
+    # login as off loopback, while the server itself stays on 127.0.0.1
+    settings = load_settings(data_dir=tmp_path / "data", spool_min_free_mb=0, web_port=port,
+                             web_auth="required")
+    assert settings.users_file is not None
+    add_user(settings.users_file, "dr.r", "radiologist", "radiologist passphrase")
+    add_user(settings.users_file, "ada", "admin", "administrator passphrase")
+    db = Database(settings.db_url)
+    db.create_schema()
+    store = Store(settings.spool, db)
+    ledger = JobLedger(db)
+    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    stage(store, tmp_path / "stat", 20, priority="STAT")
+    stage(store, tmp_path / "bleed", 20)
+    for ready in (r for r in assembler.sweep(now=time.time() + 60) if r.job_id):
+        claim = ledger.claim(str(ready.job_id), owner="w:1")
+        assert isinstance(claim, Claim)
+        bleed = claim.study_instance_uid == str(
+            dcmread(next((tmp_path / "bleed").glob("*.dcm"))).StudyInstanceUID)
+        ledger.complete(claim, _result(0.97 if bleed else 0.1, bleed))
+        reports.refresh(db, claim.study_instance_uid, [])  # what the worker writes
+        if bleed:
+            bleed_uid = claim.study_instance_uid
+    env = {**settings.to_env(), "TRIAGE_BROKER_URL": "redis://127.0.0.1:1/0"}
+    web = spawn("web", triage_argv("web"), env)
+    web.wait_output("Uvicorn running", 30)
+
+    def sign_in(name: str, password: str) -> None:
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait_for(lambda: driver.find_elements(By.NAME, "username"), 20, what="login form")
+        driver.find_element(By.NAME, "username").send_keys(name)
+        driver.find_element(By.NAME, "password").send_keys(password)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait_for(lambda: name in driver.find_element(By.ID, "who").text, 20,
+                 what=f"{name} signed in")
+
+    def rows() -> list[list[str]]:
+        found: list[list[str]] = driver.execute_script(
+            "return [...document.querySelectorAll('#rows tr')].map(r => [r.dataset.study,"
+            " r.dataset.state, r.innerText]);")
+        return found
+
+    # a radiologist reads and gives feedback, but is offered no admin action
+    sign_in("dr.r", "radiologist passphrase")
+    assert "dr.r (radiologist)" in driver.find_element(By.ID, "who").text
+    wait_for(lambda: len(rows()) == 2 and rows()[0][0] == bleed_uid, 20, what="flag on top")
+    assert not driver.find_elements(By.CSS_SELECTOR, "button.withdraw")
+    driver.find_element(By.ID, "sign-out").click()
+    wait_for(lambda: driver.find_elements(By.NAME, "username"), 20, what="signed out")
+    driver.get(f"http://127.0.0.1:{port}/")  # the session is gone
+    wait_for(lambda: driver.find_elements(By.NAME, "username"), 20, what="login again")
+    # a session that ends while the page is open (expiry, a restart with a new secret)
+    # takes the page to the login form at its next poll
+    sign_in("dr.r", "radiologist passphrase")
+    driver.delete_all_cookies()
+    wait_for(lambda: driver.find_elements(By.NAME, "username"), 20, what="back to login")
+
+    # an admin withdraws the AI result from the page: the study stays listed, below the
+    # STAT study now (LOW, as its UPS workitem), its finding struck through, not a flag
+    sign_in("ada", "administrator passphrase")
+    wait_for(lambda: len(rows()) == 2 and rows()[0][0] == bleed_uid, 20, what="flag on top")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "button.withdraw")) == 2  # both results
+    driver.find_element(By.CSS_SELECTOR, f"tr[data-study='{bleed_uid}'] button.withdraw").click()
+    prompt = WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
+    prompt.send_keys("motion artefact")
+    prompt.accept()
+    wait_for(lambda: "AI result withdrawn (report version 2)" in driver.find_element(
+        By.ID, "status").text, 20, what="withdrawal acknowledged")
+    wait_for(lambda: [r[0] for r in rows()][-1:] == [bleed_uid], 20, what="re-sorted")
+    _, state, text = rows()[1]
     assert state == "NOT_ANALYSED" and "LOW" in text and "HIGH" not in text
     assert "intracranial hemorrhage 97% · withdrawn" in text and "⚑" not in text
     assert "AI result withdrawn by an admin: motion artefact" in text
+    assert not driver.find_elements(  # nothing left to withdraw
+        By.CSS_SELECTOR, f"tr[data-study='{bleed_uid}'] button.withdraw")
+    history = reports.history(db, bleed_uid)
+    assert [(r["status"], r["priority"]) for r in history] == [
+        ("FINAL", "HIGH"), ("RETRACTED", "LOW")]
     db.dispose()

@@ -259,6 +259,13 @@ def _csv_upload(content_type: str, body: bytes) -> tuple[str | None, bytes]:
     raise HTTPException(400, "multipart upload needs a field named 'file'")
 
 
+class SessionOut(BaseModel):
+    user: str
+    role: str = Field(description="radiologist or admin")
+    login_required: bool = Field(
+        description="false on loopback, where every caller is the admin 'local'")
+
+
 class HealthOut(BaseModel):
     status: str
     version: str
@@ -366,8 +373,13 @@ def create_app(
         if user is None:
             if request.url.path in ("/", "/performance") and request.method == "GET":
                 return RedirectResponse("/login", status_code=303)
+            # A script of our pages (fetch: Sec-Fetch-Mode cors/same-origin) gets a challenge
+            # browsers do not answer with their Basic dialog, so the page can go to /login
+            # when a session ends; everything else is offered HTTP Basic.
+            scripted = request.headers.get("sec-fetch-mode", "navigate") != "navigate"
+            scheme = "Session" if scripted else "Basic"
             return JSONResponse({"detail": "login required"}, status_code=401,
-                                headers={"WWW-Authenticate": 'Basic realm="triage"'})
+                                headers={"WWW-Authenticate": f'{scheme} realm="triage"'})
         request.state.user = user.name
         request.state.role = user.role
         response = await call_next(request)
@@ -439,6 +451,12 @@ def create_app(
         """The worklist page (polls /api/worklist)."""
         return HTMLResponse(PAGE.read_text(encoding="utf-8"),
                             headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/session", response_model=SessionOut, tags=["worklist"])
+    def session(request: Request) -> SessionOut:
+        """Who is signed in, with which role (the page offers admin actions by it)."""
+        return SessionOut(user=str(request.state.user), role=str(request.state.role),
+                          login_required=secured)
 
     @app.get("/api/worklist", response_model=WorklistOut, tags=["worklist"])
     def worklist(
