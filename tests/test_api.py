@@ -10,14 +10,18 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from tests.dicom_factory import write_series
+from tests.test_outputs_ups import make_report
 from triage import reports
 from triage.api import create_app
 from triage.assembly import Assembler
 from triage.config import DEFAULT_RULES_FILE, Settings, load_settings
 from triage.db import Database
+from triage.domain import Priority
 from triage.jobs import Claim, JobLedger
+from triage.outputs.ups import UpsConfig, UpsService
 from triage.rules import load_rules
 from triage.store import Store
 
@@ -243,6 +247,61 @@ def test_a_retraction_withdraws_the_flag_on_the_worklist_as_on_every_channel(
     top = listed()[0]
     assert (top["state"], top["priority"]) == ("NO_FINDINGS", "MEDIUM")
     assert [(f["flagged"], f["withdrawn"]) for f in top["findings"]] == [(False, False)]
+
+
+def test_reported_studies_sort_below_open_ones_from_the_page_or_a_ups_performer(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    store = Store(settings.spool, db)
+    ledger = JobLedger(db)
+    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    for folder in ("old", "stat", "bleed"):
+        stage(store, tmp_path / folder, 20, **({"priority": "STAT"} if folder == "stat" else {}))
+    uids = {}
+    for ready in (r for r in assembler.sweep(now=time.time() + 60) if r.job_id):
+        claim = ledger.claim(str(ready.job_id), owner="w:1")
+        assert isinstance(claim, Claim)
+        folder = next(f for f in ("old", "stat", "bleed") if claim.study_instance_uid == str(
+            dcmread(next((tmp_path / f).glob("*.dcm"))).StudyInstanceUID))
+        ledger.complete(claim, _result(0.97, True) if folder == "bleed" else _result(0.1, False))
+        uids[folder] = claim.study_instance_uid
+    client = TestClient(create_app(settings, db))
+
+    def order(**params: str) -> list[tuple[str, str]]:
+        got = client.get("/api/worklist", params=params).json()["studies"]
+        names = {uid: name for name, uid in uids.items()}
+        return [(names[s["study_instance_uid"]], s["reading"]) for s in got]
+
+    assert order() == [("bleed", "OPEN"), ("stat", "OPEN"), ("old", "OPEN")]
+    # the radiologist has reported the flagged study: it no longer waits, and stays listed
+    marked = client.post(f"/api/studies/{uids['bleed']}/reported", json={"reported": True})
+    assert marked.status_code == 200, marked.text
+    assert (marked.json()["reading"], marked.json()["reported_by"]) == ("REPORTED", "local")
+    assert marked.json()["priority"] == "HIGH"  # the AI result is untouched
+    assert order() == [("stat", "OPEN"), ("old", "OPEN"), ("bleed", "REPORTED")]
+    assert order(reading="OPEN") == [("stat", "OPEN"), ("old", "OPEN")]
+    # marking twice keeps the first mark; a limit never hides an open study behind it
+    first_at = marked.json()["reported_at"]
+    again = client.post(f"/api/studies/{uids['bleed']}/reported", json={})
+    assert again.json()["reported_at"] == first_at
+    assert order(limit="2") == [("stat", "OPEN"), ("old", "OPEN")]
+    # reopened: back on top
+    client.post(f"/api/studies/{uids['bleed']}/reported", json={"reported": False})
+    assert order()[0] == ("bleed", "OPEN")
+    assert client.post("/api/studies/1.2.3/reported", json={}).status_code == 404
+
+    # a reading workstation claims the STAT study's UPS workitem, then completes it
+    service = UpsService(db, UpsConfig())
+    service.upsert(make_report(Priority.MEDIUM, study_uid=uids["stat"]))
+    workitem, transaction = service.workitem_uid(uids["stat"]), str(generate_uid())
+    assert service.change_state(workitem, "IN PROGRESS", transaction) == 0x0000
+    assert order() == [("bleed", "OPEN"), ("stat", "IN_PROGRESS"), ("old", "OPEN")]
+    assert service.change_state(workitem, "COMPLETED", transaction) == 0x0000
+    assert order() == [("bleed", "OPEN"), ("old", "OPEN"), ("stat", "REPORTED")]
+    detail = client.get(f"/api/studies/{uids['stat']}").json()["study"]
+    assert (detail["reading"], detail["reported_by"]) == ("REPORTED", "UPS performer")
+    refused = client.post(f"/api/studies/{uids['stat']}/reported", json={"reported": False})
+    assert refused.status_code == 409 and "reading workstation" in refused.json()["detail"]
 
 
 def test_worklist_page_is_served(settings: Settings, sqlite_db: Database) -> None:

@@ -202,6 +202,15 @@ def test_sign_in_roles_and_an_admin_withdrawing_an_ai_result(
     assert "dr.r (radiologist)" in driver.find_element(By.ID, "who").text
     wait_for(lambda: len(rows()) == 2 and rows()[0][0] == bleed_uid, 20, what="flag on top")
     assert not driver.find_elements(By.CSS_SELECTOR, "button.withdraw")
+    # ... and marks the flagged study reported: it no longer waits, so it goes below the
+    # open STAT study (still listed, dimmed, with who reported it); reopened, it is back
+    driver.find_element(By.CSS_SELECTOR, f"tr[data-study='{bleed_uid}'] button.read").click()
+    wait_for(lambda: [r[0] for r in rows()][-1:] == [bleed_uid], 20, what="reported below")
+    assert "reported by dr.r" in rows()[1][2]
+    assert driver.find_element(By.CSS_SELECTOR, f"tr[data-study='{bleed_uid}']"
+                               ).get_attribute("class") == "reported"
+    driver.find_element(By.CSS_SELECTOR, f"tr[data-study='{bleed_uid}'] button.read").click()
+    wait_for(lambda: rows()[0][0] == bleed_uid, 20, what="reopened on top")
     driver.find_element(By.ID, "sign-out").click()
     wait_for(lambda: driver.find_elements(By.NAME, "username"), 20, what="signed out")
     driver.get(f"http://127.0.0.1:{port}/")  # the session is gone

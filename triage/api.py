@@ -28,7 +28,7 @@ from triage import __version__, reports
 from triage.auth import SessionSigner, User, UserDirectory, is_loopback, load_secret
 from triage.config import Settings
 from triage.db import Database
-from triage.domain import DeliveryState, Priority, QueueName, WorkState
+from triage.domain import DeliveryState, Priority, QueueName, Reading, WorkState
 from triage.errors import ConfigError
 from triage.feedback import FeedbackError, Verdict, list_feedback, record_feedback
 from triage.metrics import build_registry
@@ -40,7 +40,7 @@ from triage.performance import (
     import_labels_csv,
     live_performance,
 )
-from triage.worklist import list_studies
+from triage.worklist import ReadingError, list_studies, mark_reported
 
 AI_NOTICE = ("AI triage output: not for diagnosis. Bundled models were trained on synthetic "
              "phantoms only. Every study stays on the list.")
@@ -121,6 +121,10 @@ class StudyOut(BaseModel):
     severity: int
     findings: list[FindingOut] = Field(description="flagged first, then by score")
     series: list[SeriesOut]
+    reading: Reading = Field(description="OPEN; IN_PROGRESS: a reading workstation claimed its "
+                             "UPS workitem; REPORTED: sorted below every open study")
+    reported_by: str | None = Field(description="who marked it reported, or 'UPS performer'")
+    reported_at: AwareDatetime | None
 
 
 class WorklistOut(BaseModel):
@@ -150,6 +154,10 @@ class FeedbackOut(BaseModel):
     comment: str | None
     user: str
     created_at: AwareDatetime
+
+
+class ReportedIn(BaseModel):
+    reported: bool = Field(default=True, description="true: reported; false: reopen it")
 
 
 class RetractIn(BaseModel):
@@ -464,12 +472,16 @@ def create_app(
         state: Annotated[list[WorkState] | None, Query()] = None,
         finding: Annotated[list[str] | None, Query(description="flagged detector")] = None,
         modality: Annotated[list[str] | None, Query()] = None,
+        reading: Annotated[list[Reading] | None, Query()] = None,
     ) -> WorklistOut:
-        """Studies in priority order: flagged findings by severity and score, then STAT, then
-        the longest waiting.  Filters narrow the list; without them nothing is left out."""
+        """Studies in priority order: open before reported, then flagged findings by severity
+        and score, then STAT, then the longest waiting.  Filters narrow the list; without
+        them nothing is left out."""
         studies = list_studies(db, limit=limit, severity=severity)
         if state:
             studies = [s for s in studies if s.state in state]
+        if reading:
+            studies = [s for s in studies if s.reading in reading]
         if finding:
             studies = [s for s in studies
                        if any(f.flagged and f.detector in finding for f in s.findings)]
@@ -524,6 +536,20 @@ def create_app(
             raise HTTPException(exc.status, str(exc)) from None
         logger.info("Feedback %s on %s by %s", item.verdict.value, item.detector, user)
         return FeedbackOut.model_validate(item)
+
+    @app.post("/api/studies/{study_uid}/reported", response_model=StudyOut, tags=["worklist"],
+              responses={404: {"description": "unknown study"},
+                         409: {"description": "completed by a reading workstation (UPS)"}})
+    def reported(study_uid: str, body: ReportedIn, request: Request) -> StudyOut:
+        """Mark the study reported (it sorts below every open study, never leaves the list),
+        or reopen it with ``{"reported": false}``."""
+        try:
+            mark_reported(db, study_uid, user=str(request.state.user), reported=body.reported)
+        except ReadingError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        logger.info("Study marked %s by %s", "reported" if body.reported else "open",
+                    request.state.user)
+        return StudyOut.model_validate(one_study(study_uid))
 
     @app.post("/api/studies/{study_uid}/retract", response_model=RetractOut, tags=["feedback"],
               responses={403: {"description": "admins only"},

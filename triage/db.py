@@ -115,6 +115,16 @@ jobs = sa.Table(
     sa.Index("ix_jobs_state", "state", "not_before"),
 )
 
+# A study marked reported on the worklist page (owned by triage.worklist).  A UPS performer's
+# COMPLETED (ups_workitems.state) counts the same; reported studies sort below open ones.
+study_reads = sa.Table(
+    "study_reads",
+    metadata,
+    sa.Column("study_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("reported_by", sa.String(64), nullable=False),
+    sa.Column("reported_at", sa.Float, nullable=False),
+)
+
 # Versions of each study's AI result as sent to the site; owned by triage.reports.
 # (study, version) is the compare-and-set key: a version is written once.
 study_reports = sa.Table(

@@ -78,6 +78,19 @@ class Priority(enum.StrEnum):
     LOW = "LOW"
 
 
+class Reading(enum.StrEnum):
+    """Where a study stands with the radiologists (independent of the AI's state).
+
+    OPEN: waiting to be read; IN_PROGRESS: a reading workstation has claimed its UPS workitem;
+    REPORTED: marked reported on the worklist page, or its UPS workitem was COMPLETED.
+    Reported studies sort below the open ones; they are never removed.
+    """
+
+    OPEN = "OPEN"
+    IN_PROGRESS = "IN_PROGRESS"
+    REPORTED = "REPORTED"
+
+
 class StoreOutcome(enum.StrEnum):
     """Result of storing one instance."""
 

@@ -1,7 +1,9 @@
 """Worklist queries: studies with the analysis state, findings and priority of each.
 
 The order is the product: flagged critical findings first (by configured severity, then
-score), then studies ordered STAT, then the longest-waiting.  Nothing is ever left out.
+score), then studies ordered STAT, then the longest-waiting.  Nothing is ever left out, but
+reported studies (marked on the page, or their UPS workitem COMPLETED by a reading
+workstation) sort below every open one: they no longer wait.
 
 An admin's retraction (the study's latest report version is RETRACTED, see
 :mod:`triage.reports`) withdraws the AI result here too, as on every channel: the findings
@@ -12,14 +14,16 @@ the one the site's PACS, RIS and UPS were sent.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 
-from triage.db import Database, jobs, series, studies, study_reports
-from triage.domain import JobState, Priority, QueueName, SeriesState, WorkState
+from triage.db import Database, jobs, series, studies, study_reads, study_reports, ups_workitems
+from triage.domain import JobState, Priority, QueueName, Reading, SeriesState, WorkState
+from triage.errors import TriageError
 
 # A study shows the first of its series' states in this order: a flag wins (the study must
 # rise to the top while other series are still running), then work still in progress.
@@ -106,6 +110,9 @@ class StudyItem:
     findings: tuple[FindingItem, ...] = ()  # flagged first, then by probability
     priority: Priority = Priority.LOW
     severity: int = 0  # highest severity among flagged findings
+    reading: Reading = Reading.OPEN
+    reported_by: str | None = None  # a user name, or "UPS performer"
+    reported_at: float | None = None
 
 
 def _series_state(row: Any, findings: tuple[FindingItem, ...]) -> tuple[WorkState, str | None]:
@@ -161,6 +168,8 @@ def _findings(row: Any, study_uid: str, severity: dict[str, int]) -> tuple[Findi
 
 #: The retraction status of :mod:`triage.reports` (kept as text: reports import this module).
 _RETRACTED = "RETRACTED"
+#: UPS Procedure Step States that say a reading workstation has the study (PS3.4 CC.1.1).
+_UPS_IN_PROGRESS, _UPS_COMPLETED = "IN PROGRESS", "COMPLETED"
 
 
 def _withdrawn(member: SeriesItem, reason: str) -> SeriesItem:
@@ -189,6 +198,19 @@ def _retractions(conn: Any, uids: list[str]) -> dict[str, str]:
     return {r.study_instance_uid: r.reason or "no reason given" for r in rows}
 
 
+def _reading(row: Any) -> dict[str, Any]:
+    """The reading state of a study row joined with its page mark and UPS workitem."""
+    if row.reported_at is not None:
+        return {"reading": Reading.REPORTED, "reported_by": row.reported_by,
+                "reported_at": row.reported_at}
+    if row.ups_state == _UPS_COMPLETED:
+        return {"reading": Reading.REPORTED, "reported_by": "UPS performer",
+                "reported_at": row.ups_updated_at}
+    if row.ups_state == _UPS_IN_PROGRESS:
+        return {"reading": Reading.IN_PROGRESS}
+    return {}
+
+
 def priority_of(severity: int, stat: bool) -> Priority:
     """UPS-style priority of a study: a flag → HIGH, an ordered STAT → MEDIUM, else LOW."""
     if severity > 0:
@@ -196,10 +218,47 @@ def priority_of(severity: int, stat: bool) -> Priority:
     return Priority.MEDIUM if stat else Priority.LOW
 
 
-def sort_key(item: StudyItem) -> tuple[int, float, bool, float]:
-    """Flagged by severity and score, then STAT, then the longest waiting first."""
+def sort_key(item: StudyItem) -> tuple[bool, int, float, bool, float]:
+    """Open before reported; then flagged by severity and score, then STAT, then the longest
+    waiting first."""
     top = max((f.probability for f in item.findings if f.flagged), default=0.0)
-    return (-item.severity, -top, not item.stat, item.received_at)
+    return (item.reading is Reading.REPORTED, -item.severity, -top, not item.stat,
+            item.received_at)
+
+
+class ReadingError(TriageError):
+    """A reading mark that cannot be changed here (``status`` is the HTTP status)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def mark_reported(db: Database, study_uid: str, *, user: str, reported: bool,
+                  clock: float | None = None) -> None:
+    """Mark the study reported by ``user`` (kept if already marked), or reopen it.
+
+    Raises
+    ------
+    ReadingError
+        Unknown study (404), or reopening a study whose UPS workitem a reading workstation
+        COMPLETED (409: the workstation's record stands).
+    """
+    with db.write() as conn:
+        if conn.execute(sa.select(studies.c.study_instance_uid)
+                        .where(studies.c.study_instance_uid == study_uid)).first() is None:
+            raise ReadingError("unknown study", status=404)
+        if reported:
+            conn.execute(db.insert_ignore(study_reads).values(
+                study_instance_uid=study_uid, reported_by=user[:64],
+                reported_at=time.time() if clock is None else clock))
+            return
+        ups_state = conn.execute(sa.select(ups_workitems.c.state).where(
+            ups_workitems.c.study_instance_uid == study_uid)).scalar()
+        if ups_state == _UPS_COMPLETED:
+            raise ReadingError("a reading workstation completed this study's UPS workitem; "
+                               "it cannot be reopened here", status=409)
+        conn.execute(study_reads.delete().where(study_reads.c.study_instance_uid == study_uid))
 
 
 def list_studies(db: Database, *, limit: int = 500,
@@ -217,8 +276,21 @@ def list_studies(db: Database, *, limit: int = 500,
         jobs.c.series_instance_uid == series.c.series_instance_uid,
         jobs.c.revision == series.c.revision,
     )
+    reported = sa.or_(study_reads.c.reported_at.is_not(None),
+                      ups_workitems.c.state == _UPS_COMPLETED)
     with db.read() as conn:
-        query = sa.select(studies).order_by(studies.c.first_received_at.desc()).limit(limit)
+        # Open studies first, so the limit never hides one behind newer reported ones.
+        query = (
+            sa.select(studies, study_reads.c.reported_by, study_reads.c.reported_at,
+                      ups_workitems.c.state.label("ups_state"),
+                      ups_workitems.c.updated_at.label("ups_updated_at"))
+            .select_from(studies.outerjoin(
+                study_reads, study_reads.c.study_instance_uid == studies.c.study_instance_uid)
+                .outerjoin(ups_workitems,
+                           ups_workitems.c.study_instance_uid == studies.c.study_instance_uid))
+            .order_by(sa.case((reported, 1), else_=0), studies.c.first_received_at.desc())
+            .limit(limit)
+        )
         if study_uid is not None:
             query = query.where(studies.c.study_instance_uid == study_uid)
         study_rows = conn.execute(query).all()
@@ -295,6 +367,7 @@ def list_studies(db: Database, *, limit: int = 500,
                 findings=tuple(study_findings),
                 priority=priority_of(top, stat),
                 severity=top,
+                **_reading(row),
             )
         )
     items.sort(key=sort_key)
