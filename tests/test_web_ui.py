@@ -127,7 +127,7 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     time.sleep(4.5)
     assert top.get_attribute("data-study") == bleed_uid
     driver.find_element(By.CSS_SELECTOR, "#rows tr button[data-verdict=disagree]").click()
-    wait_for(lambda: "feedback recorded" in driver.find_element(By.ID, "status").text,
+    wait_for(lambda: "feedback recorded" in driver.find_element(By.ID, "note").text,
              10, what="feedback acknowledged")
     driver.get(f"http://127.0.0.1:{port}/api/studies/{bleed_uid}")
     body = driver.find_element(By.TAG_NAME, "body").text
@@ -226,12 +226,20 @@ def test_sign_in_roles_and_an_admin_withdrawing_an_ai_result(
     sign_in("ada", "administrator passphrase")
     wait_for(lambda: len(rows()) == 2 and rows()[0][0] == bleed_uid, 20, what="flag on top")
     assert len(driver.find_elements(By.CSS_SELECTOR, "button.withdraw")) == 2  # both results
-    driver.find_element(By.CSS_SELECTOR, f"tr[data-study='{bleed_uid}'] button.withdraw").click()
-    prompt = WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
-    prompt.send_keys("motion artefact")
-    prompt.accept()
+
+    def withdraw(reason: str) -> None:
+        driver.find_element(By.CSS_SELECTOR,
+                            f"tr[data-study='{bleed_uid}'] button.withdraw").click()
+        prompt = WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
+        prompt.send_keys(reason)
+        prompt.accept()
+
+    withdraw("x")  # too short: refused, and the page says why
+    wait_for(lambda: "not withdrawn (422): String should have at least 3 characters"
+             in driver.find_element(By.ID, "note").text, 20, what="refusal shown")
+    withdraw("motion artefact")
     wait_for(lambda: "AI result withdrawn (report version 2)" in driver.find_element(
-        By.ID, "status").text, 20, what="withdrawal acknowledged")
+        By.ID, "note").text, 20, what="withdrawal acknowledged")
     wait_for(lambda: [r[0] for r in rows()][-1:] == [bleed_uid], 20, what="re-sorted")
     _, state, text = rows()[1]
     assert state == "NOT_ANALYSED" and "LOW" in text and "HIGH" not in text

@@ -24,6 +24,8 @@ import sqlalchemy as sa
 from triage.db import Database, jobs, series, studies, study_reads, study_reports, ups_workitems
 from triage.domain import JobState, Priority, QueueName, Reading, SeriesState, WorkState
 from triage.errors import TriageError
+from triage.outputs.report import ReportStatus
+from triage.outputs.ups_types import ProcedureStepState
 
 # A study shows the first of its series' states in this order: a flag wins (the study must
 # rise to the top while other series are still running), then work still in progress.
@@ -166,12 +168,6 @@ def _findings(row: Any, study_uid: str, severity: dict[str, int]) -> tuple[Findi
     return tuple(items)
 
 
-#: The retraction status of :mod:`triage.reports` (kept as text: reports import this module).
-_RETRACTED = "RETRACTED"
-#: UPS Procedure Step States that say a reading workstation has the study (PS3.4 CC.1.1).
-_UPS_IN_PROGRESS, _UPS_COMPLETED = "IN PROGRESS", "COMPLETED"
-
-
 def _withdrawn(member: SeriesItem, reason: str) -> SeriesItem:
     """``member`` with its AI result withdrawn (only analysed series carry one)."""
     if member.state not in (WorkState.FLAGGED, WorkState.NO_FINDINGS):
@@ -194,7 +190,7 @@ def _retractions(conn: Any, uids: list[str]) -> dict[str, str]:
         sa.select(study_reports.c.study_instance_uid, study_reports.c.reason)
         .join(latest, sa.and_(study_reports.c.study_instance_uid == latest.c.study_instance_uid,
                               study_reports.c.version == latest.c.version))
-        .where(study_reports.c.status == _RETRACTED)).all()
+        .where(study_reports.c.status == ReportStatus.RETRACTED.value)).all()
     return {r.study_instance_uid: r.reason or "no reason given" for r in rows}
 
 
@@ -203,10 +199,10 @@ def _reading(row: Any) -> dict[str, Any]:
     if row.reported_at is not None:
         return {"reading": Reading.REPORTED, "reported_by": row.reported_by,
                 "reported_at": row.reported_at}
-    if row.ups_state == _UPS_COMPLETED:
+    if row.ups_state == ProcedureStepState.COMPLETED:
         return {"reading": Reading.REPORTED, "reported_by": "UPS performer",
                 "reported_at": row.ups_updated_at}
-    if row.ups_state == _UPS_IN_PROGRESS:
+    if row.ups_state == ProcedureStepState.IN_PROGRESS:
         return {"reading": Reading.IN_PROGRESS}
     return {}
 
@@ -255,7 +251,7 @@ def mark_reported(db: Database, study_uid: str, *, user: str, reported: bool,
             return
         ups_state = conn.execute(sa.select(ups_workitems.c.state).where(
             ups_workitems.c.study_instance_uid == study_uid)).scalar()
-        if ups_state == _UPS_COMPLETED:
+        if ups_state == ProcedureStepState.COMPLETED:
             raise ReadingError("a reading workstation completed this study's UPS workitem; "
                                "it cannot be reopened here", status=409)
         conn.execute(study_reads.delete().where(study_reads.c.study_instance_uid == study_uid))
@@ -277,7 +273,7 @@ def list_studies(db: Database, *, limit: int = 500,
         jobs.c.revision == series.c.revision,
     )
     reported = sa.or_(study_reads.c.reported_at.is_not(None),
-                      ups_workitems.c.state == _UPS_COMPLETED)
+                      ups_workitems.c.state == ProcedureStepState.COMPLETED.value)
     with db.read() as conn:
         # Open studies first, so the limit never hides one behind newer reported ones.
         query = (
