@@ -188,8 +188,10 @@ def test_sign_in_roles_and_an_admin_withdrawing_an_ai_result(
         driver.find_element(By.NAME, "username").send_keys(name)
         driver.find_element(By.NAME, "password").send_keys(password)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait_for(lambda: name in driver.find_element(By.ID, "who").text, 20,
-                 what=f"{name} signed in")
+        # read in one script: the login page may still be the one shown for a moment
+        wait_for(lambda: name in driver.execute_script(
+            "return document.getElementById('who')?.innerText || '';"), 20,
+            what=f"{name} signed in")
 
     def rows() -> list[list[str]]:
         found: list[list[str]] = driver.execute_script(
