@@ -120,6 +120,23 @@ def _result(probability: float, flagged: bool, preview: str | None = None) -> di
     }
 
 
+def analyse_staged(assembler: Assembler, ledger: JobLedger, tmp_path: Path,
+                   results: dict[str, dict[str, object]]) -> dict[str, str]:
+    """Complete the job of each folder staged under ``tmp_path`` with its result, as a worker
+    would (and write its report version); folder name → Study Instance UID."""
+    folder_of = {str(dcmread(next((tmp_path / name).glob("*.dcm"))).StudyInstanceUID): name
+                 for name in results}
+    uids = {}
+    for ready in (r for r in assembler.sweep(now=time.time() + 60) if r.job_id):
+        claim = ledger.claim(str(ready.job_id), owner="w:1")
+        assert isinstance(claim, Claim)
+        name = folder_of[claim.study_instance_uid]
+        ledger.complete(claim, results[name])
+        reports.refresh(assembler.db, claim.study_instance_uid, [])
+        uids[name] = claim.study_instance_uid
+    return uids
+
+
 def test_flagged_study_sorts_first_and_feedback_round_trips(
     settings: Settings, db: Database, tmp_path: Path
 ) -> None:
@@ -192,15 +209,8 @@ def test_a_retraction_withdraws_the_flag_on_the_worklist_as_on_every_channel(
     assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
     stage(store, tmp_path / "old", 20)  # waiting longest, nothing found
     stage(store, tmp_path / "bleed", 20, priority="STAT")  # ordered STAT, flagged
-    uids = {}
-    for ready in (r for r in assembler.sweep(now=time.time() + 60) if r.job_id):
-        claim = ledger.claim(str(ready.job_id), owner="w:1")
-        assert isinstance(claim, Claim)
-        bleed = claim.study_instance_uid == str(
-            dcmread(next((tmp_path / "bleed").glob("*.dcm"))).StudyInstanceUID)
-        ledger.complete(claim, _result(0.97, True) if bleed else _result(0.1, False))
-        uids["bleed" if bleed else "old"] = claim.study_instance_uid
-        reports.refresh(db, claim.study_instance_uid, [])
+    uids = analyse_staged(assembler, ledger, tmp_path,
+                          {"old": _result(0.1, False), "bleed": _result(0.97, True)})
     uid = uids["bleed"]
     client = TestClient(create_app(settings, db))
 
@@ -257,14 +267,8 @@ def test_reported_studies_sort_below_open_ones_from_the_page_or_a_ups_performer(
     assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
     for folder in ("old", "stat", "bleed"):
         stage(store, tmp_path / folder, 20, **({"priority": "STAT"} if folder == "stat" else {}))
-    uids = {}
-    for ready in (r for r in assembler.sweep(now=time.time() + 60) if r.job_id):
-        claim = ledger.claim(str(ready.job_id), owner="w:1")
-        assert isinstance(claim, Claim)
-        folder = next(f for f in ("old", "stat", "bleed") if claim.study_instance_uid == str(
-            dcmread(next((tmp_path / f).glob("*.dcm"))).StudyInstanceUID))
-        ledger.complete(claim, _result(0.97, True) if folder == "bleed" else _result(0.1, False))
-        uids[folder] = claim.study_instance_uid
+    uids = analyse_staged(assembler, ledger, tmp_path, {
+        "old": _result(0.1, False), "stat": _result(0.1, False), "bleed": _result(0.97, True)})
     client = TestClient(create_app(settings, db))
 
     def order(**params: str) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import Proc, free_port, triage_argv, wait_for
-from tests.test_api import _result, stage
+from tests.test_api import _result, analyse_staged, stage
 from triage import reports
 from triage.assembly import Assembler
 from triage.auth import add_user
@@ -169,15 +169,8 @@ def test_sign_in_roles_and_an_admin_withdrawing_an_ai_result(
     assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
     stage(store, tmp_path / "stat", 20, priority="STAT")
     stage(store, tmp_path / "bleed", 20)
-    for ready in (r for r in assembler.sweep(now=time.time() + 60) if r.job_id):
-        claim = ledger.claim(str(ready.job_id), owner="w:1")
-        assert isinstance(claim, Claim)
-        bleed = claim.study_instance_uid == str(
-            dcmread(next((tmp_path / "bleed").glob("*.dcm"))).StudyInstanceUID)
-        ledger.complete(claim, _result(0.97 if bleed else 0.1, bleed))
-        reports.refresh(db, claim.study_instance_uid, [])  # what the worker writes
-        if bleed:
-            bleed_uid = claim.study_instance_uid
+    bleed_uid = analyse_staged(assembler, ledger, tmp_path, {
+        "stat": _result(0.1, False), "bleed": _result(0.97, True)})["bleed"]
     env = {**settings.to_env(), "TRIAGE_BROKER_URL": "redis://127.0.0.1:1/0"}
     web = spawn("web", triage_argv("web"), env)
     web.wait_output("Uvicorn running", 30)

@@ -263,7 +263,8 @@ def list_studies(db: Database, *, limit: int = 500,
                  honour_retractions: bool = True) -> list[StudyItem]:
     """Studies in worklist order (:func:`sort_key`); nothing is ever left out by state.
 
-    ``limit`` bounds the most recent studies considered; ``study_uid`` selects one study.
+    ``limit`` bounds the studies considered: the open ones first, each group newest first;
+    ``study_uid`` selects one study.
     ``honour_retractions=False`` gives the analysis as it stands, retracted or not (what
     :mod:`triage.reports` compares with the versions it sent).
     """
