@@ -31,6 +31,12 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(data_dir=tmp_path / "data", spool_min_free_mb=0)
 
 
+def pipeline(spool: Path, db: Database) -> tuple[Store, JobLedger, Assembler]:
+    """Ingest, job ledger and assembly over one index, with the default routing rules."""
+    ledger = JobLedger(db)
+    return Store(spool, db), ledger, Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+
+
 def stage(store: Store, folder: Path, count: int, **kwargs: object) -> None:
     for path in write_series(folder, count, **kwargs):  # type: ignore[arg-type]
         copy = store.incoming_dir / (path.name + ".in")
@@ -71,9 +77,7 @@ def test_readiness_fails_when_the_database_is_down(settings: Settings) -> None:
 def test_worklist_shows_every_state_and_no_patient_data(
     settings: Settings, db: Database, tmp_path: Path
 ) -> None:
-    store = Store(settings.spool, db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(settings.spool, db)
     stage(store, tmp_path / "head", 20)  # routed, then analysed
     stage(store, tmp_path / "chest", 20, body_part="CHEST")  # not analysed
     stage(store, tmp_path / "stat", 20, priority="STAT")  # queued on stat
@@ -140,9 +144,7 @@ def analyse_staged(assembler: Assembler, ledger: JobLedger, tmp_path: Path,
 def test_flagged_study_sorts_first_and_feedback_round_trips(
     settings: Settings, db: Database, tmp_path: Path
 ) -> None:
-    store = Store(settings.spool, db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(settings.spool, db)
     stage(store, tmp_path / "stat", 20, priority="STAT")  # ordered STAT, nothing found
     stage(store, tmp_path / "old", 20)  # waiting longest, nothing found
     stage(store, tmp_path / "bleed", 20)  # the newest, flagged
@@ -204,9 +206,7 @@ def test_flagged_study_sorts_first_and_feedback_round_trips(
 def test_a_retraction_withdraws_the_flag_on_the_worklist_as_on_every_channel(
     settings: Settings, db: Database, tmp_path: Path
 ) -> None:
-    store = Store(settings.spool, db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(settings.spool, db)
     stage(store, tmp_path / "old", 20)  # waiting longest, nothing found
     stage(store, tmp_path / "bleed", 20, priority="STAT")  # ordered STAT, flagged
     uids = analyse_staged(assembler, ledger, tmp_path,
@@ -262,9 +262,7 @@ def test_a_retraction_withdraws_the_flag_on_the_worklist_as_on_every_channel(
 def test_reported_studies_sort_below_open_ones_from_the_page_or_a_ups_performer(
     settings: Settings, db: Database, tmp_path: Path
 ) -> None:
-    store = Store(settings.spool, db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(settings.spool, db)
     for folder in ("old", "stat", "bleed"):
         stage(store, tmp_path / folder, 20, **({"priority": "STAT"} if folder == "stat" else {}))
     uids = analyse_staged(assembler, ledger, tmp_path, {

@@ -8,18 +8,14 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tests.dicom_factory import series_uids
-from tests.test_api import _result, stage
+from tests.test_api import _result, pipeline, stage
 from tests.test_reports import _analyse
 from triage import reports
-from triage.assembly import Assembler
-from triage.config import DEFAULT_RULES_FILE, Destination
+from triage.config import Destination
 from triage.db import Database, deliveries
 from triage.dispatch import Dispatcher
-from triage.jobs import JobLedger
 from triage.outputs.channel import DeliveryError
 from triage.outputs.report import ReportStatus, StudyReport
-from triage.rules import load_rules
-from triage.store import Store
 
 
 class Recorder:
@@ -44,9 +40,7 @@ class Clock:
 
 
 def _study_with_versions(db: Database, tmp_path: Path, names: list[str]) -> str:
-    store = Store(tmp_path / "spool", db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(tmp_path / "spool", db)
     stage(store, tmp_path / "s", 20)
     study_uid, _ = series_uids(sorted((tmp_path / "s").glob("*.dcm")))
     _analyse(assembler, ledger, _result(0.97, True), time.time() + 60)
@@ -117,9 +111,7 @@ def test_attempt_cap_and_crash_recovery(db: Database, tmp_path: Path) -> None:
 
 
 def test_sweep_writes_reports_a_dead_worker_missed(db: Database, tmp_path: Path) -> None:
-    store = Store(tmp_path / "spool", db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(tmp_path / "spool", db)
     stage(store, tmp_path / "s", 20)
     study_uid, _ = series_uids(sorted((tmp_path / "s").glob("*.dcm")))
     started = time.time()

@@ -14,17 +14,13 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import Proc, free_port, triage_argv, wait_for
 from tests.dicom_factory import series_uids
-from tests.test_api import _result, stage
+from tests.test_api import _result, pipeline, stage
 from tests.test_reports import _analyse
 from triage import reports
 from triage.api import create_app
-from triage.assembly import Assembler
-from triage.config import DEFAULT_RULES_FILE, load_settings
+from triage.config import load_settings
 from triage.db import Database, deliveries, ups_workitems
-from triage.jobs import JobLedger
 from triage.outputs.mllp import MllpReceiver
-from triage.rules import load_rules
-from triage.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +41,7 @@ def test_results_and_a_retraction_reach_hl7_and_ups(spawn: Callable[..., Proc],
                                  ups_port=free_port(), destinations=destinations)
         db = Database(settings.db_url)
         db.create_schema()
-        store = Store(settings.spool, db)
-        ledger = JobLedger(db)
-        assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+        store, ledger, assembler = pipeline(settings.spool, db)
         stage(store, tmp_path / "s", 20)
         study_uid, _ = series_uids(sorted((tmp_path / "s").glob("*.dcm")))
         _analyse(assembler, ledger, _result(0.97, True), time.time() + 60)

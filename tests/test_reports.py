@@ -10,10 +10,9 @@ import sqlalchemy as sa
 from pydicom import dcmread
 
 from tests.dicom_factory import series_uids, write_series
-from tests.test_api import _result, stage
+from tests.test_api import _result, pipeline, stage
 from triage import reports
 from triage.assembly import Assembler
-from triage.config import DEFAULT_RULES_FILE
 from triage.db import Database, deliveries
 from triage.domain import Priority
 from triage.jobs import Claim, JobLedger
@@ -21,7 +20,6 @@ from triage.outputs.dicom_header import DeviceIdentity
 from triage.outputs.hl7 import build_oru
 from triage.outputs.report import ReportStatus
 from triage.outputs.sr import build_sr
-from triage.rules import load_rules
 from triage.store import Store
 
 DESTINATIONS = ["pacs", "ris"]
@@ -40,9 +38,7 @@ class _Staged:
 
 
 def _staged(db: Database, tmp_path: Path) -> _Staged:
-    store = Store(tmp_path / "spool", db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(tmp_path / "spool", db)
     stage(store, tmp_path / "s", 20)
     paths = sorted((tmp_path / "s").glob("*.dcm"))
     study_uid, series_uid = series_uids(paths)

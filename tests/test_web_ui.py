@@ -18,15 +18,12 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import Proc, free_port, triage_argv, wait_for
-from tests.test_api import _result, analyse_staged, stage
+from tests.test_api import _result, analyse_staged, pipeline, stage
 from triage import reports
-from triage.assembly import Assembler
 from triage.auth import add_user
-from triage.config import DEFAULT_RULES_FILE, load_settings
+from triage.config import Settings, load_settings
 from triage.db import Database
-from triage.jobs import Claim, JobLedger
-from triage.rules import load_rules
-from triage.store import Store
+from triage.jobs import Claim
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -49,6 +46,12 @@ def browser() -> Iterator[Any]:
     driver.quit()
 
 
+def start_web(spawn: Callable[..., Proc], settings: Settings) -> None:
+    """`triage web` on ``settings.web_port``, serving; the page needs no broker."""
+    env = {**settings.to_env(), "TRIAGE_BROKER_URL": "redis://127.0.0.1:1/0"}
+    spawn("web", triage_argv("web"), env).wait_output("Uvicorn running", 30)
+
+
 def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     spawn: Callable[..., Proc], browser: Any, tmp_path: Path
 ) -> None:
@@ -58,15 +61,11 @@ def test_flagged_study_rises_to_the_top_and_feedback_round_trips(
     settings = load_settings(data_dir=tmp_path / "data", spool_min_free_mb=0, web_port=port)
     db = Database(settings.db_url)
     db.create_schema()
-    store = Store(settings.spool, db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(settings.spool, db)
     stage(store, tmp_path / "stat", 20, priority="STAT")
     stage(store, tmp_path / "old", 20)
     assembler.sweep(now=time.time() + 60)
-    env = {**settings.to_env(), "TRIAGE_BROKER_URL": "redis://127.0.0.1:1/0"}
-    web = spawn("web", triage_argv("web"), env)
-    web.wait_output("Uvicorn running", 30)
+    start_web(spawn, settings)
 
     driver.get(f"http://127.0.0.1:{port}/")
 
@@ -164,16 +163,12 @@ def test_sign_in_roles_and_an_admin_withdrawing_an_ai_result(
     add_user(settings.users_file, "ada", "admin", "administrator passphrase")
     db = Database(settings.db_url)
     db.create_schema()
-    store = Store(settings.spool, db)
-    ledger = JobLedger(db)
-    assembler = Assembler(db, load_rules(DEFAULT_RULES_FILE), ledger)
+    store, ledger, assembler = pipeline(settings.spool, db)
     stage(store, tmp_path / "stat", 20, priority="STAT")
     stage(store, tmp_path / "bleed", 20)
     bleed_uid = analyse_staged(assembler, ledger, tmp_path, {
         "stat": _result(0.1, False), "bleed": _result(0.97, True)})["bleed"]
-    env = {**settings.to_env(), "TRIAGE_BROKER_URL": "redis://127.0.0.1:1/0"}
-    web = spawn("web", triage_argv("web"), env)
-    web.wait_output("Uvicorn running", 30)
+    start_web(spawn, settings)
 
     def sign_in(name: str, password: str) -> None:
         driver.get(f"http://127.0.0.1:{port}/")
